@@ -1,0 +1,120 @@
+"""Settings: frozen, typed, read once at the edge (flags or a TOML file) and passed inward.
+
+``load_settings`` turns any mistake into one `ConfigError` naming the key, e.g.
+``pipeline.batch_size: Expected int >= 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from stages.errors import JizhiError
+
+STAGE_ORDER = ("ingest", "features", "embed", "score", "rank")
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ConfigError(JizhiError):
+    """A setting is missing, of the wrong type, or out of range; the message names the key."""
+
+
+class PipelineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How requests flow: stage order, micro-batching, in-memory queues, deadlines, admission."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "demo"
+    batch_size: Positive = 64
+    batch_wait_ms: NonNegative = 2.0
+    queue_capacity: Positive = 1024
+    default_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    min_budget_ms: NonNegative = 1.0
+    admission_rate: NonNegative = 0.0
+    context_dim: Annotated[int, msgspec.Meta(ge=0)] = 16
+
+
+class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where embeddings live and how much of them each worker caches."""
+
+    backend: Literal["embedded"] = "embedded"
+    path: str = ""
+    cache_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 << 20
+    user_table: str = "users"
+    item_table: str = "items"
+
+
+class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ranking model file (``.npz`` written by `RankingModel.save`)."""
+
+    path: str = ""
+
+
+KafkaValue = str | int | float | bool
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the broker is and how jizhi's topics are shaped. ``extra`` holds librdkafka keys
+    verbatim (e.g. ``security.protocol``); secrets come from the environment, never flags:
+    ``JIZHI_KAFKA_SASL_PASSWORD`` becomes ``sasl.password``."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    partitions: Positive = 6
+    replication: Positive = 1
+    exactly_once: bool = False
+    extra: dict[str, KafkaValue] = {}
+
+    def client_conf(self) -> dict[str, KafkaValue]:
+        conf: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap, **self.extra}
+        secret = os.environ.get("JIZHI_KAFKA_SASL_PASSWORD")
+        if secret:
+            conf["sasl.password"] = secret
+        return conf
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pipeline: PipelineSettings = PipelineSettings()
+    store: StoreSettings = StoreSettings()
+    model: ModelSettings = ModelSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from a TOML file, or the defaults when ``path`` is None."""
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_dotted(str(exc))}") from exc
+
+
+def _dotted(message: str) -> str:
+    """msgspec says ``at `$.pipeline.batch_size```; users think in TOML keys."""
+    head, sep, where = message.rpartition(" - at `$.")
+    where = where.rstrip("`") if sep else ""
+    if not sep:
+        head = message
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", head)
+    if unknown:  # name the offending key itself, not just the table holding it
+        return f"{where}.{unknown[1]}: unknown key" if where else f"{unknown[1]}: unknown key"
+    return f"{where}: {head}" if where else head
+
+
+def jizhi_home() -> Path:
+    """Where jizhi keeps caches and local state: ``$JIZHI_HOME`` or ``~/.cache/jizhi``."""
+    return Path(os.environ.get("JIZHI_HOME", Path.home() / ".cache" / "jizhi"))

@@ -1,0 +1,192 @@
+"""`jizhi demo`: the whole pipeline in one process on the embedded defaults.
+
+A publisher thread plays the client: it sends JSON requests into the ingest queue at a fixed rate
+(open loop: a request's clock starts at its scheduled send time, so queueing behind a slow pipeline
+counts against its latency and deadline) or as fast as backpressure allows (``rate = 0``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from jizhi.assemble import batch_policies, build_stages, cache_hit_ratio, open_store
+from jizhi.config import Settings
+from jizhi.synth import RequestEncoder, Workload, World, WorldSpec, ensure_world
+from jizhi.tally import Tally
+from stages.model import RankingModel
+from stages.runtime import BoundedQueue, CallbackSink, Chain, Envelope
+from stages.runtime.channel import ClosedError
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    world: WorldSpec = field(default_factory=WorldSpec)
+    workload: Workload = field(default_factory=lambda: Workload(requests=20_000))
+    rate: float = 2_000.0
+    settings: Settings = field(default_factory=Settings)
+    world_root: Path | None = None
+    progress: bool = True
+    keep_responses: bool = False
+    drain_timeout_s: float = 30.0
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    tally: Tally
+    world: World
+    published: int
+    error: BaseException | None = None
+    stage_depths: dict[str, int] = field(default_factory=dict)
+
+
+class _Publisher(threading.Thread):
+    def __init__(self, opts: DemoOptions, world: World, queue: BoundedQueue) -> None:
+        super().__init__(name="demo-publisher", daemon=True)
+        self._opts = opts
+        self._world = world
+        self._queue = queue
+        self.published = 0
+        self.error: BaseException | None = None
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        enc = RequestEncoder(self._opts.workload)
+        rate = self._opts.rate
+        start_wall = time.time()
+        self.started_at = start = time.monotonic()
+        try:
+            chunk = 64 if rate <= 0 else max(1, min(64, int(rate / 500)))
+            for batch in self._opts.workload.batches(self._world.spec, chunk=chunk):
+                if rate > 0:
+                    due = start + self.published / rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    sent_ms = (start_wall + (self.published / rate)) * 1000.0
+                else:
+                    sent_ms = time.time() * 1000.0
+                users = batch.users.tolist()
+                cands = batch.candidates.tolist()
+                payloads = [
+                    Envelope(enc.encode(rid, u, c, sent_ms))
+                    for rid, u, c in zip(batch.ids, users, cands, strict=True)
+                ]
+                self._queue.put_many(payloads)
+                self.published += len(payloads)
+        except ClosedError as exc:
+            self.error = exc
+        finally:
+            self._queue.close()
+
+
+def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
+    t0 = time.monotonic()
+    world = ensure_world(opts.world, opts.world_root)
+    if opts.progress:
+        print(f"world ready in {time.monotonic() - t0:.1f}s at {world.root}", file=out)
+    settings = opts.settings
+    store = open_store(settings, world.store_path)
+    model = RankingModel.load(world.model_path)
+    tally = Tally()
+    tally.keep_responses = opts.keep_responses
+    names = ("ingest", "features", "embed", "score", "rank")
+    stages = build_stages(settings, names, store=store, model=model)
+    source = BoundedQueue(settings.pipeline.queue_capacity)
+    chain = Chain(
+        stages,
+        source,
+        forward=None,
+        answers=CallbackSink(tally.add),
+        dead=CallbackSink(tally.add_dead),
+        pipeline=settings.pipeline.name,
+        policies=batch_policies(settings),
+        queue_capacity=settings.pipeline.queue_capacity,
+        first_takes_events=False,
+    )
+    publisher = _Publisher(opts, world, source)
+    chain.start()
+    publisher.start()
+    total = opts.workload.requests
+    next_print = 0.0
+    tty = out.isatty()
+    try:
+        # The publisher closes the ingest queue when done; the chain then drains and stops.
+        while not chain.join(timeout=0.05):
+            now = time.monotonic()
+            if opts.progress and now >= next_print:
+                _progress(out, tally, total, now - publisher.started_at, tty)
+                next_print = now + (0.25 if tty else 5.0)
+    finally:
+        source.close()
+        drained = chain.join(timeout=opts.drain_timeout_s)
+        store.close()
+    elapsed = (tally.last_answer or time.monotonic()) - publisher.started_at
+    if opts.progress:
+        _progress(out, tally, total, elapsed, tty)
+        if tty:
+            print(file=out)
+    summary = tally.summary(
+        publisher.published,
+        elapsed,
+        cache_hit_ratio=round(
+            cache_hit_ratio(store, (settings.store.user_table, settings.store.item_table)), 4
+        ),
+        drained=drained,
+        rate_target_rps=opts.rate,
+        candidates=opts.workload.candidates,
+        batch_size=settings.pipeline.batch_size,
+    )
+    return DemoResult(
+        summary=summary,
+        tally=tally,
+        world=world,
+        published=publisher.published,
+        error=chain.error or publisher.error,
+    )
+
+
+def _progress(out: TextIO, tally: Tally, total: int, elapsed: float, tty: bool) -> None:
+    done = tally.answered
+    rate = done / elapsed if elapsed > 0 else 0.0
+    line = (
+        f"answered {done:>8,}/{total:,}  {rate:>8,.0f} req/s  "
+        f"p99 {tally.recent_p99():6.1f} ms  dead {tally.dead_lettered}"
+    )
+    print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    lat = summary["latency_ms"]
+    rows = [
+        ("requests", f"{summary['requests']:,}"),
+        ("answered", f"{summary['answered']:,}"),
+        ("  ok", f"{summary['ok']:,}"),
+        ("  expired", f"{summary['expired']:,}"),
+        ("  shed", f"{summary['shed']:,}"),
+        ("  invalid", f"{summary['invalid']:,}"),
+        ("dead-lettered", f"{summary['dead_lettered']:,}"),
+        ("throughput", f"{summary['throughput_rps']:,.0f} req/s"),
+        ("latency p50", _ms(lat.get("p50"))),
+        ("latency p95", _ms(lat.get("p95"))),
+        ("latency p99", _ms(lat.get("p99"))),
+        ("cache hit ratio", f"{summary.get('cache_hit_ratio', 0.0):.1%}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:>16}" for k, v in rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,147 @@
+"""A synthetic world for the demo, tests and benchmarks: embedding tables, a model, requests.
+
+Everything derives from one seed, so two runs with the same flags score the same candidates the
+same way. Tables are written once per parameter set under ``$JIZHI_HOME/worlds/`` and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from jizhi.config import jizhi_home
+from stages.model import ModelShape, RankingModel
+from storage import EmbeddedStore, TableSpec
+from storage.synthetic import generate_table, zipf_ids
+
+
+@dataclass(frozen=True, slots=True)
+class WorldSpec:
+    """The knobs that change the generated data (and so its cache key)."""
+
+    users: int = 100_000
+    items: int = 1_000_000
+    dim: int = 32
+    context_dim: int = 16
+    seed: int = 7
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    spec: WorldSpec
+    root: Path
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.npz"
+
+
+def ensure_world(spec: WorldSpec, root: Path | None = None) -> World:
+    """Generate the tables and model unless a complete copy for ``spec`` already exists."""
+    base = root if root is not None else jizhi_home() / "worlds"
+    world = World(spec, base / spec.key())
+    marker = world.root / "complete.json"
+    if marker.exists():
+        return world
+    world.root.mkdir(parents=True, exist_ok=True)
+    store = EmbeddedStore(world.store_path)
+    try:
+        for name, rows, salt in (("users", spec.users, 1), ("items", spec.items, 2)):
+            generate_table(
+                store, TableSpec(name=name, dim=spec.dim), rows=rows, seed=spec.seed * 1000 + salt
+            )
+    finally:
+        store.close()
+    shape = ModelShape(user_dim=spec.dim, context_dim=spec.context_dim, item_dim=spec.dim)
+    RankingModel.synthetic(shape, seed=spec.seed).save(world.model_path)
+    marker.write_text(json.dumps(asdict(spec)))
+    return world
+
+
+_DEVICES = ("ios", "android", "web")
+
+
+class _WireRequest(msgspec.Struct, omit_defaults=True):
+    request_id: str
+    user_id: int
+    candidates: list[int]
+    k: int
+    deadline_ms: int
+    created_at_ms: float
+    context: dict[str, str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Requests as a client would publish them: power-law popular candidates, uniform users."""
+
+    requests: int
+    candidates: int = 200
+    k: int = 10
+    timeout_ms: float = 200.0
+    zipf: float = 1.1
+    seed: int = 7
+
+    def batches(self, spec: WorldSpec, chunk: int = 256) -> Iterator[RequestBatch]:
+        """The workload in chunks of ``chunk`` requests, generated vectorized in fixed blocks so
+        that the same seed gives the same requests whatever the chunk size."""
+        rng = np.random.default_rng(self.seed)
+        for block in range(0, self.requests, _BLOCK):
+            n = min(_BLOCK, self.requests - block)
+            users = rng.integers(0, spec.users, size=n, dtype=np.int64)
+            cands = zipf_ids(rng, spec.items, n * self.candidates, self.zipf).reshape(
+                n, self.candidates
+            )
+            for start in range(0, n, chunk):
+                end = min(n, start + chunk)
+                yield RequestBatch(
+                    ids=[f"req-{self.seed}-{block + i}" for i in range(start, end)],
+                    users=users[start:end],
+                    candidates=cands[start:end],
+                )
+
+
+_BLOCK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBatch:
+    ids: list[str]
+    users: npt.NDArray[np.int64]
+    candidates: npt.NDArray[np.int64]
+
+
+class RequestEncoder:
+    """JSON encoding of generated requests, stamped with their send time."""
+
+    def __init__(self, workload: Workload) -> None:
+        self._w = workload
+        self._enc = msgspec.json.Encoder()
+
+    def encode(self, request_id: str, user: int, candidates: list[int], created_ms: float) -> bytes:
+        return self._enc.encode(
+            _WireRequest(
+                request_id=request_id,
+                user_id=user,
+                candidates=candidates,
+                k=self._w.k,
+                deadline_ms=int(created_ms + self._w.timeout_ms),
+                created_at_ms=created_ms,
+                context={"device": _DEVICES[user % 3], "hour": int(created_ms // 3_600_000) % 24},
+            )
+        )

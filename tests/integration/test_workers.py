@@ -1,0 +1,114 @@
+"""Stages as Kafka consumer groups in separate `jizhi worker` processes, on a real broker."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jizhi.demo import DemoOptions, run_demo
+from tests.integration.workerkit import WORLD, Background, Workers, publish, unique_pipeline, workload, world_root
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return world_root(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def workers(kafka_bootstrap: str, world_dir: Path, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(kafka_bootstrap, unique_pipeline("w"), world_dir, tmp_path)
+    yield w
+    w.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_five_workers_answer_like_the_embedded_pipeline(
+    workers: Workers, kafka_bootstrap: str, world_dir: Path
+) -> None:
+    requests, rate = 1500, 750.0
+    port = _free_port()
+    procs = [
+        workers.start(stage, *(["--metrics-port", str(port)] if stage == "embed" else []))
+        for stage in ("ingest", "features", "embed", "score", "rank")
+    ]
+    for p in procs:
+        p.wait_assigned()
+    got = publish(kafka_bootstrap, workers.pipeline, requests, rate, keep_responses=True)
+    s = got.summary
+    assert (s["answered"], s["ok"], s["duplicates"], s["dead_lettered"]) == (requests, requests, 0, 0), (
+        f"{s}\n{workers.logs()}"
+    )
+
+    # The same requests through the embedded pipeline give the same top-k.
+    demo = run_demo(
+        DemoOptions(
+            world=WORLD,
+            workload=workload(requests),
+            rate=rate,
+            world_root=world_dir,
+            progress=False,
+            keep_responses=True,
+        )
+    )
+    want = {r.request_id: r for r in demo.tally.responses}
+    assert len(want) == requests and all(r.status == "ok" for r in want.values())
+    cut = len(got.prefix) + 1
+    for r in got.tally.responses:
+        w = want[r.request_id[cut:]]
+        assert r.items == w.items, r.request_id
+        np.testing.assert_allclose(r.scores, w.scores, rtol=1e-5, atol=1e-6)
+    assert {r.request_id[cut:] for r in got.tally.responses} == set(want)
+    assert all(set(r.stage_ms) == {"ingest", "features", "embed", "score", "rank"} for r in got.tally.responses)
+
+    # Consumer lag per partition is exported (librdkafka statistics, every second here).
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline and 'jizhi_consumer_lag{' not in text:
+        time.sleep(0.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    lag = [line for line in text.splitlines() if line.startswith("jizhi_consumer_lag{")]
+    assert lag and all('stage="embed"' in line for line in lag), text[-2000:]
+    assert len(lag) == 4  # one gauge per owned partition
+
+    for p in procs:
+        assert p.terminate() == 0, workers.logs()
+
+
+def test_a_worker_joining_and_leaving_loses_nothing(workers: Workers, kafka_bootstrap: str) -> None:
+    """A second embed worker joins mid-stream (partitions move to it) and is SIGTERMed
+    mid-stream (they move back): every request is answered, and none twice, because revoked
+    partitions finish their in-flight events and commit before they are handed over."""
+    first = [workers.start("ingest,features"), workers.start("embed"), workers.start("score,rank")]
+    for p in first:
+        p.wait_assigned()
+    embed = first[1]
+    requests = 4000
+    run = Background(lambda: publish(kafka_bootstrap, workers.pipeline, requests, 500.0))
+    second = workers.start("embed")
+    second.wait_assigned()
+    time.sleep(1.0)
+    assert not run.done(), "publishing ended before the second worker left: not mid-stream"
+    assert second.terminate() == 0, workers.logs()
+    s = run.result(120).summary
+    assert s["unanswered"] == 0, f"{s}\n{workers.logs()}"
+    assert s["duplicates"] == 0, f"{s}\n{workers.logs()}"
+    assert s["ok"] == requests
+    # The first embed worker gave partitions away and took them back.
+    owned = [len(a["embed"]) for a in embed.assignments()]
+    assert max(owned) == 4 and min(owned[1:]) < 4, owned
+    assert embed.wait_assigned(lambda a: len(a["embed"]) == 4), workers.logs()
+    for p in first:
+        assert p.terminate() == 0, workers.logs()
