@@ -27,6 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
             for k, v in {
                 "batch_size": args.batch_size,
                 "default_timeout_ms": args.timeout_ms,
+                "threads": args.threads,
             }.items()
             if v is not None
         },
@@ -100,6 +101,12 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="micro-batch size per stage (64)")
     p.add_argument(
         "--timeout-ms", type=float, default=None, help="deadline budget per request (200)"
+    )
+    p.add_argument(
+        "--threads",
+        choices=["per_stage", "one"],
+        default=None,
+        help="a thread per stage, or the whole chain in one thread (per_stage)",
     )
     p.add_argument("--cache-mb", type=float, default=None, help="local embedding cache size (64)")
     p.add_argument("--config", type=Path, default=None, help="TOML settings file")

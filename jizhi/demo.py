@@ -109,6 +109,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
         policies=batch_policies(settings),
         queue_capacity=settings.pipeline.queue_capacity,
         first_takes_events=False,
+        threads=settings.pipeline.threads,
     )
     publisher = _Publisher(opts, world, source)
     chain.start()

@@ -91,12 +91,18 @@ def top_k(
 def _first_occurrence(
     rows: npt.NDArray[np.int64], cand: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.bool_]:
-    order = np.lexsort((np.arange(len(rows)), cand, rows))
-    r, c = rows[order], cand[order]
-    dup_sorted = np.zeros(len(order), dtype=bool)
-    dup_sorted[1:] = (r[1:] == r[:-1]) & (c[1:] == c[:-1])
+    """False for every repeat of an id within its own request.
+
+    A stable sort by id keeps equal ids in their original (request, position) order, so a repeat
+    within one request sits right after an earlier copy from the same request: one single-key
+    sort instead of a three-key lexsort.
+    """
+    order = np.argsort(cand, kind="stable")
+    c, r = cand[order], rows[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (c[1:] == c[:-1]) & (r[1:] == r[:-1])
     keep = np.ones(len(order), dtype=bool)
-    keep[order[dup_sorted]] = False
+    keep[order[repeat]] = False
     return keep
 
 

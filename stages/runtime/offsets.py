@@ -56,9 +56,8 @@ class OffsetTracker:
         moved: dict[TopicPartitionKey, int] = {}
         for key, queue in self._pending.items():
             last = None
-            for t in [t for t in queue if t.finished]:
-                queue.remove(t)
-                last = t.offset
+            while queue and queue[0].finished:
+                last = queue.popleft().offset
             if last is not None:
                 self._position[key] = last + 1
                 moved[key] = last + 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from jizhi.config import PipelineSettings, Settings, StoreSettings
 from jizhi.demo import DemoOptions, run_demo
@@ -40,11 +41,14 @@ def expected_top_k(
     return cands[order[:k]].tolist()
 
 
-def test_every_request_answered_once_with_brute_force_top_k(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", ["per_stage", "one"])
+def test_every_request_answered_once_with_brute_force_top_k(tmp_path: Path, threads: str) -> None:
     spec = WorldSpec(users=500, items=20_000, dim=16, context_dim=8, seed=5)
     workload = Workload(requests=1500, candidates=120, k=7, timeout_ms=60_000, zipf=1.1, seed=9)
     settings = Settings(
-        pipeline=PipelineSettings(batch_size=32, context_dim=8, default_timeout_ms=60_000),
+        pipeline=PipelineSettings(
+            batch_size=32, context_dim=8, default_timeout_ms=60_000, threads=threads
+        ),  # type: ignore[arg-type]
         store=StoreSettings(cache_bytes=2000 * 16 * 4),
     )
     result = run_demo(

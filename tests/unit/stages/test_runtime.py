@@ -73,6 +73,9 @@ class Collect:
             self.dead.extend(ds)
 
 
+MODES = pytest.mark.parametrize("threads", ["per_stage", "one"])
+
+
 def chain_of(stages: list[BaseStage], source: BoundedQueue, c: Collect, **kw: object) -> Chain:
     return Chain(
         stages,  # type: ignore[arg-type]
@@ -115,11 +118,14 @@ def test_queue_put_blocks_when_full_until_consumed() -> None:
         q.put_many([Envelope(3)])
 
 
-def test_chain_batches_and_answers_every_event_once_in_order() -> None:
+@MODES
+def test_chain_batches_and_answers_every_event_once_in_order(threads: str) -> None:
     src = BoundedQueue(1000)
     a, b = Recorder("a"), Recorder("b")
     c = Collect()
-    chain = chain_of([a, b], src, c, policies={"a": BatchPolicy(16, 5), "b": BatchPolicy(16, 5)})
+    chain = chain_of(
+        [a, b], src, c, policies={"a": BatchPolicy(16, 5), "b": BatchPolicy(16, 5)}, threads=threads
+    )
     chain.start()
     src.put_many([Envelope(ev(i)) for i in range(200)])
     src.close()
@@ -159,11 +165,12 @@ def test_backpressure_bounds_every_in_memory_queue() -> None:
     assert peak <= 8 + 64
 
 
-def test_expired_events_are_answered_without_reaching_the_stage() -> None:
+@MODES
+def test_expired_events_are_answered_without_reaching_the_stage(threads: str) -> None:
     src = BoundedQueue(100)
     a = Recorder("a")
     c = Collect()
-    chain = chain_of([a], src, c)
+    chain = chain_of([a], src, c, threads=threads)
     chain.start()
     src.put_many([Envelope(ev(0)), Envelope(ev(1, budget_ms=-5)), Envelope(ev(2))])
     src.close()
@@ -174,11 +181,14 @@ def test_expired_events_are_answered_without_reaching_the_stage() -> None:
     assert "r1" not in a.seen
 
 
-def test_shutdown_drains_in_flight_work() -> None:
+@MODES
+def test_shutdown_drains_in_flight_work(threads: str) -> None:
     src = BoundedQueue(1000)
     c = Collect()
     stages = [Recorder("a", delay=0.002), Recorder("b", delay=0.002), Recorder("c", delay=0.002)]
-    chain = chain_of(stages, src, c, policies={n: BatchPolicy(8, 1) for n in "abc"})  # type: ignore[arg-type]
+    chain = chain_of(
+        stages, src, c, policies={n: BatchPolicy(8, 1) for n in "abc"}, threads=threads
+    )
     chain.start()
     src.put_many([Envelope(ev(i)) for i in range(300)])
     src.close()  # close while most events are still queued or in flight
@@ -187,11 +197,16 @@ def test_shutdown_drains_in_flight_work() -> None:
     assert len({r.request_id for r in c.answers}) == 300
 
 
-def test_stage_exception_stops_the_chain_without_hanging() -> None:
+@MODES
+def test_stage_exception_stops_the_chain_without_hanging(threads: str) -> None:
     src = BoundedQueue(4)
     c = Collect()
     chain = chain_of(
-        [Recorder("a"), Recorder("b", fail_on="r5")], src, c, policies={"b": BatchPolicy(1, 0)}
+        [Recorder("a"), Recorder("b", fail_on="r5")],
+        src,
+        c,
+        policies={"a": BatchPolicy(1, 0), "b": BatchPolicy(1, 0)},
+        threads=threads,
     )
     chain.start()
     with pytest.raises(ClosedError):
@@ -209,10 +224,11 @@ class Shrinker(BaseStage):
         return list(batch[:-1])
 
 
-def test_contract_violation_is_an_error_not_silent_loss() -> None:
+@MODES
+def test_contract_violation_is_an_error_not_silent_loss(threads: str) -> None:
     src = BoundedQueue(10)
     c = Collect()
-    chain = chain_of([Shrinker()], src, c)
+    chain = chain_of([Shrinker()], src, c, threads=threads)
     chain.start()
     src.put_many([Envelope(ev(0)), Envelope(ev(1))])
     src.close()
