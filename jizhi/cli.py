@@ -53,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if port:
-        where = serve_metrics(port)
+        where = serve_metrics(port, settings.metrics_addr)
         print(f"metrics: {where}", file=sys.stderr)
     result = run_demo(
         DemoOptions(

@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: ModelSettings = ModelSettings()
     kafka: KafkaSettings = KafkaSettings()
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    metrics_addr: str = "127.0.0.1"
 
 
 def load_settings(path: Path | None) -> Settings:

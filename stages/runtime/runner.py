@@ -81,6 +81,8 @@ class StageRunner:
         self._m_time = metrics.PROCESSING.labels(pipeline, name)
         self._m_latency = metrics.STAGE_LATENCY.labels(pipeline, name)
         self._m_depth = metrics.QUEUE_DEPTH.labels(pipeline, name)
+        # The edge stage (the one fed raw requests) records the budgets it admitted.
+        self._m_budget = None if takes_events else metrics.DEADLINE_BUDGET.labels(pipeline)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -185,6 +187,9 @@ class StageRunner:
 
         if created:
             self._m_latency.observe_many((done_ms - np.asarray(created)) / 1000.0)
+        if self._m_budget is not None and forward:
+            budgets = [env.value.deadline_ms - env.value.created_at_ms for env in forward]
+            self._m_budget.observe_many(np.asarray(budgets) / 1000.0)
         if dead:
             self._m_events["dead_letter"].inc(len(dead))
         if forward:
