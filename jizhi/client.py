@@ -24,6 +24,7 @@ from stages.events import DeadLetter, Request, Response
 from stages.runtime.kafka import (
     REQUESTS_MAX_MESSAGE_BYTES,
     TransportError,
+    consume_batch,
     ensure_topics,
     topic_name,
 )
@@ -124,11 +125,30 @@ class Client:
                     )
                 time.sleep(0.2)
             for pid in topic.partitions:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(name, pid), timeout=wait
-                )
-                parts.append(TopicPartition(name, pid, high))
+                parts.append(TopicPartition(name, pid, self._high(name, pid, end)))
         self._consumer.assign(parts)
+
+    def _high(self, topic: str, partition: int, end: float) -> int:
+        """The partition's high watermark; a just-created topic may still lack a leader."""
+        while True:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=max(1.0, end - time.monotonic())
+                )
+                return int(high)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                    raise TransportError(
+                        f"{topic}[{partition}]: cannot read the end offset: {err.str()}",
+                        retriable=False,
+                    ) from exc
+                if time.monotonic() >= end:
+                    raise TransportError(
+                        f"{topic}[{partition}]: no end offset in time: {err.str()}",
+                        retriable=True,
+                    ) from exc
+                time.sleep(0.2)
 
     def submit(self, request: Request | Mapping[str, Any] | bytes) -> Future[Response]:
         """Publish one request; the future resolves with its answer (never times out itself)."""
@@ -179,7 +199,7 @@ class Client:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self._consumer.consume(500, 0.05)
+                msgs = consume_batch(self._consumer, 500, 0.05, 0.0)
             except KafkaException as exc:
                 log.warning("client read: %s", exc.args[0].str())
                 time.sleep(0.05)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from jizhi.client import Client, ensure_pipeline_topics
 from jizhi.synth import RequestEncoder, Workload, WorldSpec
 from jizhi.tally import Tally
@@ -66,8 +68,14 @@ def run_publish(opts: PublishOptions, out: TextIO = sys.stderr) -> PublishResult
     dead: list[DeadLetter] = []
     lock = threading.Lock()
 
+    seen_ms: list[float] = []
+
     def on_responses(batch: list[Response]) -> None:
-        tally.add([r for r in batch if r.request_id.startswith(mine)])
+        now_ms = time.time() * 1000.0
+        ours = [r for r in batch if r.request_id.startswith(mine)]
+        tally.add(ours)
+        with lock:
+            seen_ms.extend(now_ms - r.created_at_ms for r in ours)
 
     def on_dead(batch: list[DeadLetter]) -> None:
         tally.add_dead(batch)
@@ -132,10 +140,22 @@ def run_publish(opts: PublishOptions, out: TextIO = sys.stderr) -> PublishResult
         unmatched_responses=client.unmatched,
         delivery_errors=client.delivery_errors,
         answer_timeout_hit=tally.answered < published,
+        client_latency_ms=_percentiles(seen_ms),
     )
     return PublishResult(
         summary=summary, tally=tally, published=published, prefix=prefix, dead_letters=dead
     )
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    """Latency as the client sees it: from the request's creation until its answer was read
+    (includes the responses topic and, with exactly-once, the transaction commit)."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    a = np.asarray(values)
+    return {
+        k: round(float(np.percentile(a, q)), 3) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))
+    }
 
 
 def _progress(
@@ -182,7 +202,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(table)
     s = result.summary
-    print(f"duplicates {s['duplicates']:,}  unanswered {s['unanswered']:,}", file=sys.stderr)
+    cl = s["client_latency_ms"]
+    sys.stdout.flush()
+    print(
+        f"duplicates {s['duplicates']:,}  unanswered {s['unanswered']:,}  "
+        f"client-side latency p50 {cl['p50']} ms p99 {cl['p99']} ms",
+        file=sys.stderr,
+    )
     if args.summary_json:
         write_summary(s, args.summary_json)
         print(f"summary written to {args.summary_json}", file=sys.stderr)

@@ -186,6 +186,7 @@ class KafkaWorker:
                 queue_capacity=settings.pipeline.queue_capacity,
                 first_takes_events=first != "ingest",
                 decode_first=None if first == "ingest" else decoder.decode,
+                threads=settings.pipeline.threads,
             )
             self.sources.append(source)
             self.chains.append(chain)
@@ -355,7 +356,10 @@ def _run(args: argparse.Namespace) -> int:
             mpath = Path(settings.model.path) if settings.model.path else world.model_path  # type: ignore[union-attr]
             model = RankingModel.load(mpath)
     if settings.metrics_port:
-        print(f"metrics: {serve_metrics(settings.metrics_port)}", file=sys.stderr)
+        print(
+            f"metrics: {serve_metrics(settings.metrics_port, settings.metrics_addr)}",
+            file=sys.stderr,
+        )
     p = settings.pipeline.name
     worker = KafkaWorker(
         settings,

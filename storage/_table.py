@@ -9,6 +9,8 @@ Files of a table directory:
   index.
 - ``vectors.bin`` the rows, ``dim`` values of ``dtype`` each, row i at byte i * row_bytes;
   memory-mapped, grown by half its size at a time.
+- ``journal.bin`` the old contents of rows a put is overwriting, present only while a put runs
+  (or after a crash in one): see ``storage/_journal.py``.
 - ``index.npy``  a snapshot of the sorted index, shape (2, K): ids and row numbers of the first K
   rows. An optimization only: opening loads it and sorts just the rows appended since; if it is
   missing or unreadable the index is rebuilt from ``ids.bin``.
@@ -28,6 +30,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from storage import _journal
 from storage._arrays import last_wins, zeros
 from storage._files import atomic_write, pwrite_all, reserve
 from storage._index import Index, Rows
@@ -89,6 +92,7 @@ class Table:
         self._ids_fd = self._vec_fd = -1
         self._mm: mmap.mmap | None = None
         self._vec: npt.NDArray[Any] = zeros(self.spec, 0)
+        self._private = False  # a reader that had to undo an interrupted put in its own copy
         flags = os.O_RDWR if writable else os.O_RDONLY
         try:
             self._ids_fd = os.open(path / IDS, flags)
@@ -100,7 +104,14 @@ class Table:
                     f"table {self.spec.name!r}: {path} commits {self.rows} rows but holds "
                     f"{ids_size // 8} ids and {vec_size // self.row_bytes} vectors"
                 )
+            undo = _journal.read(path, self.row_bytes)
+            pending = undo is not None and undo.version == self.version + 1
+            self._private = pending and not writable
             self._map()
+            if pending and undo is not None:
+                self._restore(undo.rows, undo.vectors)
+            if writable:
+                _journal.remove(path)
             self.index, self.indexed = self._load_index()
         except BaseException:
             self.close(snapshot=False)
@@ -122,9 +133,24 @@ class Table:
         if capacity == 0:
             return
         access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+        if self._private:
+            access = mmap.ACCESS_COPY  # private pages: the reader's undo never reaches the file
         self._mm = mmap.mmap(self._vec_fd, capacity * self.row_bytes, access=access)
         flat = np.frombuffer(self._mm, dtype=self.spec.dtype, count=capacity * self.spec.dim)
         self._vec = flat.reshape(capacity, self.spec.dim)
+
+    def _restore(self, rows: Ids, old: npt.NDArray[Any]) -> None:
+        """Write back rows saved by the journal of a put that never committed."""
+        if rows.shape[0] == 0:
+            return
+        if int(rows.max()) >= self._vec.shape[0] or int(rows.min()) < 0:
+            raise CorruptTableError(
+                f"table {self.spec.name!r}: {self.path / _journal.JOURNAL} names rows past the "
+                f"end of {self.path / VECTORS}"
+            )
+        self._vec.view(np.uint8)[rows] = old.reshape(rows.shape[0], -1).view(np.uint8)
+        if self.writable and self._mm is not None:
+            self._mm.flush()  # the restored rows must be on disk before the journal goes
 
     def _read_ids(self, start: int, stop: int) -> Ids:
         n = stop - start
@@ -207,32 +233,57 @@ class Table:
         return looked
 
     def put(self, ids: Ids, vectors: Vectors) -> None:
-        """Update known ids in place, append new ones, then commit by replacing meta.json."""
+        """Append new ids, update known ones in place, then commit by replacing meta.json.
+
+        All or nothing, even across a crash: the rows being overwritten are saved to the undo
+        journal first (see ``storage/_journal.py``), and appended rows count only once
+        ``meta.json`` says so. If this call fails, it restores the old rows before raising.
+        """
         uniq, last = last_wins(ids)
         vectors = vectors[last]
         rows, known = self.index.locate(uniq)
-        if known.any():
-            self._vec[rows[known]] = vectors[known]
         fresh = ~known
         new_ids = uniq[fresh]
         start, k = self.rows, new_ids.shape[0]
         if k:
-            self._ensure(start + k)
-            self._vec[start : start + k] = vectors[fresh]
-            pwrite_all(self._ids_fd, np.ascontiguousarray(new_ids).data, start * 8)
-        if self.durable:
-            if self._mm is not None:
-                self._mm.flush()
-            os.fsync(self._ids_fd)
-        # computed before the commit so that nothing can fail between it and the swap
-        index = self.index.with_rows(new_ids, np.arange(start, start + k, dtype=np.int64))
+            self._ensure(start + k)  # may fail (a full disk): before any row is touched
+        updated = rows[known]
+        old = np.take(self._vec, updated, axis=0)
+        if updated.shape[0]:
+            _journal.write(self.path, self.version + 1, updated, old, durable=self.durable)
         meta = Meta(self.spec.name, self.spec.dim, self.spec.dtype, start + k, self.version + 1)
-        atomic_write(self.path / META, encode_meta(meta), durable=self.durable)
+        try:
+            if updated.shape[0]:
+                self._vec[updated] = vectors[known]
+            if k:
+                self._vec[start : start + k] = vectors[fresh]
+                pwrite_all(self._ids_fd, np.ascontiguousarray(new_ids).data, start * 8)
+            if self.durable:
+                if self._mm is not None:
+                    self._mm.flush()
+                os.fsync(self._ids_fd)
+            # computed before the commit so that nothing can fail between it and the swap
+            index = self.index.with_rows(new_ids, np.arange(start, start + k, dtype=np.int64))
+            atomic_write(self.path / META, encode_meta(meta), durable=self.durable)
+        except BaseException:
+            if not self._committed(meta.version):
+                self._vec[updated] = old
+                _journal.remove(self.path)
+            raise
+        if updated.shape[0]:
+            _journal.remove(self.path)
         self.rows, self.version = meta.rows, meta.version
         self.index = index
         if self.rows - self.indexed >= max(_SNAPSHOT_MIN_ROWS, self.indexed // 4):
             self.snapshot()
         self.metrics.bytes.set(self.nbytes)
+
+    def _committed(self, version: int) -> bool:
+        """Whether ``meta.json`` on disk already holds ``version`` (a failure after the swap)."""
+        try:
+            return read_meta(self.path, self.spec.name).version >= version
+        except CorruptTableError:
+            return False
 
     def close(self, *, snapshot: bool = True) -> None:
         if snapshot and self.rows - self.indexed > 0:

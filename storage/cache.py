@@ -47,6 +47,9 @@ U64 = npt.NDArray[np.uint64]
 IntArr = npt.NDArray[np.int64]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_BYTES_LO = np.uint64(0x0101010101010101)
+_BYTES_HI = np.uint64(0x8080808080808080)
+_ZERO = np.uint64(0)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _SATURATED = 255
@@ -55,6 +58,23 @@ _DEPTH = 4  # count-min rows
 _ROW = 16  # counters of one row within a block
 _BLOCK = _DEPTH * _ROW  # bytes of one sketch block: one cache line
 _SKETCH_PER_ENTRY = 16  # counters reserved per cached row (4 per count-min row)
+
+
+def _decoder(ways: int) -> tuple[Any, Any, Any]:
+    """A word type, multiplier and shift that turn a one-hot row of ``ways`` bytes into way+1.
+
+    Little-endian, way k is byte k, i.e. the value ``1 << 8k``; multiplying by a constant whose
+    byte j holds ``ways - j`` puts ``k + 1`` in the top byte (and 0 stays 0).
+    """
+    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[ways]
+    magic = sum((ways - j) << (8 * j) for j in range(ways))
+    return dtype, dtype(magic), dtype(8 * (ways - 1))
+
+
+_WAY_MAGIC8 = np.uint64(0x0102030405060708)  # _decoder(8)'s multiplier, for the hit path
+_WAY_WORD: dict[int, tuple[Any, Any, Any]] = (
+    {w: _decoder(w) for w in (1, 2, 4, 8)} if np.little_endian else {}
+)
 
 
 def _mix(ids: Ids) -> U64:
@@ -69,9 +89,37 @@ def _mix(ids: Ids) -> U64:
     return z
 
 
+def _home(ids: Ids, sets: int) -> tuple[U64, npt.NDArray[np.intp]]:
+    """Fibonacci hash of each id and the set it lives in.
+
+    One multiply by an odd constant spreads ids over the product's high bits, which pick the set
+    (by ``_fastrange``) and, below them, the 8-bit tag. It is weaker than ``_mix`` but needs two
+    array operations instead of seven, and the hit path runs it on every id; the sketch, which
+    needs independent hashes, runs the stronger ``_mix`` only on the ids it samples.
+    """
+    h = _fib(ids)
+    return h, _fastrange(h >> np.uint64(32), sets)
+
+
+def _fib(ids: Ids) -> U64:
+    h: U64 = ids.view(np.uint64) * _GOLDEN
+    return h
+
+
+def _tags(h: U64) -> U64:
+    """The 8-bit tag of each hash, bits 24-31: the bits just below those that chose the set."""
+    out: U64 = (h >> np.uint64(24)) & np.uint64(0xFF)
+    return out
+
+
 def _fastrange(h32: U64, n: int) -> npt.NDArray[np.intp]:
-    """Map 32-bit hashes onto [0, n) by multiply-shift (Lemire): no modulo, any n < 2**32."""
-    return ((h32 * np.uint64(n)) >> np.uint64(32)).astype(np.intp)
+    """Map 32-bit hashes onto [0, n) by multiply-shift (Lemire): no modulo, any n < 2**32.
+
+    The result is below 2**32, so reinterpreting the uint64 as int64 is exact and saves a copy.
+    """
+    out = h32 * np.uint64(n)
+    out >>= np.uint64(32)
+    return out.view(np.intp)
 
 
 class CacheStats(NamedTuple):
@@ -86,11 +134,10 @@ class CacheStats(NamedTuple):
 
 
 class _Absent(NamedTuple):
-    """What ``_Segment.update`` did not find: distinct ids with their hash, set and row."""
+    """What ``_Segment.update`` did not find: distinct ids with their set and row."""
 
     refreshed: int
     ids: Ids
-    z: U64
     sets: npt.NDArray[np.intp]
     rows: Vectors
 
@@ -98,17 +145,34 @@ class _Absent(NamedTuple):
 class _Segment:
     """One table's slice of the cache; every method expects the caller to hold the lock."""
 
-    def __init__(self, spec: TableSpec, budget: int, *, ways: int, ttl: float | None) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        budget: int,
+        *,
+        ways: int,
+        ttl: float | None,
+        sketch_sample: int = 1 << 30,
+    ) -> None:
         self.spec = spec
         self.ways = ways
         self.ttl = ttl
         self.row_bytes = spec.dim * np.dtype(spec.dtype).itemsize
         # row + key (8) + timestamp when a TTL applies (8); the sketch is reserved apart
         self.entry_bytes = self.row_bytes + 8 + (8 if ttl is not None else 0)
-        spare = max(budget - _BLOCK, 0)  # one block is the least a sketch can be
+        # ids sampled by all-hit lookups wait here and reach the sketch in one batch (``count``);
+        # the buffer is paid from the budget, so small caches go without
+        pending = 4 * sketch_sample if budget >= 64 * 8 * 4 * sketch_sample else 0
+        self.pending = np.empty(pending, dtype=np.int64)
+        self.npending = 0
+        spare = max(budget - _BLOCK - pending * 8, 0)  # one block is the least a sketch can be
         self.sets = spare // (self.entry_bytes + _SKETCH_PER_ENTRY) // ways
         self.capacity = self.sets * ways
         self.keys = np.full((self.sets, ways), -1, dtype=np.int64)
+        # one 8-bit tag per way, a set's tags in one 64-bit word (8 ways): see ``_probe``
+        self.tags = np.zeros((self.sets, ways), dtype=np.uint8)
+        fast = ways == 8 and np.little_endian
+        self.tag_words = self.tags.view(np.uint64).reshape(-1) if fast else None
         self.rows = np.zeros((self.capacity, spec.dim), dtype=spec.dtype)
         self.stamps = np.zeros(self.capacity, dtype=np.float64) if ttl is not None else None
         # a power of two of blocks within the reserved bytes: 8 to 16 counters per entry
@@ -120,12 +184,14 @@ class _Segment:
         self.entries = 0
         self.hits = 0
         self.misses = 0
-        self.way_codes = np.arange(1, ways + 1, dtype=np.uint8)
+        self.sketch_sample = sketch_sample
+        self.phase = 0
         self.metrics = TierMetrics(spec.name, "cache")
 
     @property
     def bytes_allocated(self) -> int:
-        parts = [self.keys, self.rows, self.sketch]
+        parts: list[npt.NDArray[Any]] = [self.keys, self.tags, self.rows, self.sketch]
+        parts.append(self.pending)
         if self.stamps is not None:
             parts.append(self.stamps)
         return sum(int(p.nbytes) for p in parts)
@@ -136,14 +202,80 @@ class _Segment:
 
     # -- hashing -------------------------------------------------------------------------------
 
-    def _find(self, ids: Ids) -> tuple[U64, npt.NDArray[np.intp], npt.NDArray[np.uint8]]:
-        """Hash, set and way+1 (0 = absent) of each id; one gather of whole sets."""
-        z = _mix(ids)
-        sets = _fastrange(z >> np.uint64(32), self.sets)
+    def _find(self, ids: Ids) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint8]]:
+        """Set and way+1 (0 = absent) of each id, exactly: one gather of whole sets of keys."""
+        _, sets = _home(ids, self.sets)
+        return sets, self._find_in(ids, sets)
+
+    def _find_in(self, ids: Ids, sets: npt.NDArray[np.intp]) -> npt.NDArray[np.uint8]:
         candidates = np.take(self.keys, sets, axis=0)
-        # keys are unique within a set, so at most one column matches; the product names it.
-        way = (candidates == ids[:, None]).view(np.uint8) @ self.way_codes
-        return z, sets, way
+        return self._way_of(candidates == ids[:, None])
+
+    def _probe(self, ids: Ids) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Slot of each id and whether it is cached: the hit path.
+
+        With 8 ways a set's tags are one uint64, so a lookup gathers 8 bytes per id instead of
+        a 64-byte row of keys, and finds the way whose tag matches with SWAR arithmetic (the
+        classic "has a zero byte" test on ``tags ^ tag * 0x0101..01``), all on (n,) arrays.
+        The lowest matching way is then checked against the full key. A tag can match a
+        wrong way first (about 1 id in 40 with full sets); those few ids take the exact path,
+        so the answer is always exact.
+        """
+        h, sets = _home(ids, self.sets)
+        words = self.tag_words
+        if words is None:
+            way = self._find_in(ids, sets)
+            return sets * self.ways + way.astype(np.intp) - 1, way != 0
+        x = np.take(words, sets)
+        # byte 3 of each little-endian hash is its tag (see ``_tags``): a strided view, no copy
+        x ^= np.multiply(h.view(np.uint8)[3::8], _BYTES_LO, dtype=np.uint64)
+        m = x - _BYTES_LO
+        np.invert(x, out=x)
+        m &= x
+        m &= _BYTES_HI  # 0x80 in every byte of x that is zero (and maybe false ones above)
+        x = np.negative(m, out=x)
+        m &= x  # keep the lowest: exact, a borrow only ever spoils higher bytes
+        m >>= np.uint64(7)  # 1 << 8k for way k, or 0
+        m *= _WAY_MAGIC8
+        m >>= np.uint64(56)  # k + 1, or 0
+        slot = sets * self.ways  # a new array, updated in place below
+        slot += m.view(np.intp)
+        slot -= 1  # no match: some slot of another set, whose key never equals the id
+        found = np.take(self.keys.reshape(-1), slot) == ids
+        # a tag that matched, yet the wrong key: the id may sit in a higher way
+        doubt = np.flatnonzero(m[~found]) if ids.shape[0] - np.count_nonzero(found) else None
+        if doubt is not None and doubt.size:
+            doubt = np.flatnonzero(~found)[doubt]
+            way = self._find_in(ids[doubt], sets[doubt])
+            slot[doubt] = sets[doubt] * self.ways + way.astype(np.intp) - 1
+            found[doubt] = way != 0
+        return slot, found
+
+    def _write_keys(self, slots: npt.NDArray[np.intp], ids: Ids) -> None:
+        """Set the key and tag of ``slots``; every key write goes through here."""
+        self.keys.reshape(-1)[slots] = ids
+        self.tags.reshape(-1)[slots] = _tags(_fib(ids)).astype(np.uint8)
+
+    def _way_of(self, eq: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+        """Way+1 of the one True per row of ``eq`` (n, ways), 0 where the row has none.
+
+        Keys are unique within a set, so a row holds at most one True. For 1, 2, 4 or 8 ways a
+        row is one machine word, and one multiply moves the byte index of its set byte into the
+        top byte (see ``_WAY_DECODE``): four whole-array operations where a uint8 matmul or an
+        argmax over rows measured 5-10x slower.
+        """
+        word = _WAY_WORD.get(self.ways)
+        if word is None:
+            hit = eq.any(axis=1)
+            way: npt.NDArray[np.uint8] = (eq.argmax(axis=1) + 1).astype(np.uint8)
+            way[~hit] = 0
+            return way
+        dtype, magic, shift = word
+        v = eq.view(dtype).reshape(-1)
+        v *= magic
+        v >>= shift
+        out: npt.NDArray[np.uint8] = v.astype(np.uint8)
+        return out
 
     def _sketch_index(self, z: U64) -> npt.NDArray[np.intp]:
         """Flat counter positions, shape (4, n), all four of an id in one 64-byte block.
@@ -181,11 +313,51 @@ class _Segment:
         raised = current < target
         np.put(self.sketch, idx[raised], np.broadcast_to(target, current.shape)[raised])
 
-    def count(self, z: U64) -> None:
-        """Record one access per element of ``z`` (duplicates counted), aging when due."""
-        uz, counts = np.unique(z, return_counts=True)
-        self._add(uz, counts.astype(np.int64))
-        self.adds += int(z.shape[0])
+    def count(self, ids: Ids, *, now: bool = True) -> None:
+        """Record the accesses in ``ids`` (duplicates counted), aging when due.
+
+        A lookup of more than ``sketch_sample`` ids records only a systematic sample of about
+        that many (every k-th id from a rotating offset). Admission compares frequencies with
+        each other, never with a constant, so a uniform sample ranks ids as the whole stream
+        would, at a fraction of the sketch traffic, which was half the hit path's time on big
+        batches. Aging counts recorded accesses, so the counters keep their resolution (about
+        16 recorded accesses per cached row between halvings) whatever the batch size; big
+        batches just age the sketch over more real accesses, which their steadier statistics
+        afford. Small batches (the unit tests, most callers' per-request lookups) are counted
+        exactly.
+
+        Recording costs some thirty small numpy calls whatever the count, so the samples of
+        lookups that hit every id wait in a buffer and are recorded together once it fills;
+        ``flush`` (on any miss, before every offer and resize) records them before admission
+        reads the sketch, so admission always sees every access made so far.
+        """
+        n = int(ids.shape[0])
+        step = n // self.sketch_sample
+        if step > 1:
+            self.phase = (self.phase + 1) % step
+            ids = ids[self.phase :: step]
+        m = int(ids.shape[0])
+        if self.npending + m > self.pending.shape[0]:
+            self.flush()
+        if m > self.pending.shape[0]:
+            self._record(ids)
+        else:
+            self.pending[self.npending : self.npending + m] = ids
+            self.npending += m
+        if now:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the buffered samples now."""
+        if self.npending:
+            ids, self.npending = self.pending[: self.npending], 0
+            self._record(ids)
+
+    def _record(self, ids: Ids) -> None:
+        if ids.shape[0]:
+            uz, counts = np.unique(_mix(ids), return_counts=True)
+            self._add(uz, counts.astype(np.int64))
+        self.adds += int(ids.shape[0])
         if self.adds >= self.sample:
             np.right_shift(self.sketch, 1, out=self.sketch)
             self.adds //= 2
@@ -197,9 +369,7 @@ class _Segment:
         if self.capacity == 0 or n == 0:
             self.misses += n
             return Lookup(zeros(self.spec, n), np.zeros(n, dtype=np.bool_))
-        z, sets, way = self._find(ids)
-        found = way != 0
-        slot = sets * self.ways + way.astype(np.intp) - 1  # a miss points at some slot; masked
+        slot, found = self._probe(ids)  # a miss points at some slot; masked
         if self.stamps is not None and self.ttl is not None:
             found &= self.stamps[slot] >= now - self.ttl
         vectors = np.take(self.rows, slot, axis=0)
@@ -208,7 +378,7 @@ class _Segment:
             vectors[~found] = 0
         self.hits += hits
         self.misses += n - hits
-        self.count(z)
+        self.count(ids, now=hits < n)
         return Lookup(vectors, found)
 
     def _overwrite(self, slots: npt.NDArray[np.intp], vectors: Vectors, now: float) -> None:
@@ -220,17 +390,16 @@ class _Segment:
         """Overwrite the rows of ids already cached (last one wins); return the others."""
         uniq, last = last_wins(ids)
         rows = vectors[last]
-        z, sets, way = self._find(uniq)
+        sets, way = self._find(uniq)
         present = way != 0
         slots = sets[present] * self.ways + way[present].astype(np.intp) - 1
         self._overwrite(slots, rows[present], now)
         absent = ~present
-        return _Absent(int(slots.shape[0]), uniq[absent], z[absent], sets[absent], rows[absent])
+        return _Absent(int(slots.shape[0]), uniq[absent], sets[absent], rows[absent])
 
     def place(
         self,
         ids: Ids,
-        z: U64,
         sets: npt.NDArray[np.intp],
         rows: Vectors,
         *,
@@ -273,7 +442,7 @@ class _Segment:
         admit = freq[order] > score[r, victim]
         src = order[admit]
         slots = s_sorted[admit] * self.ways + victim[admit]
-        self.keys.reshape(-1)[slots] = ids[src]
+        self._write_keys(slots, ids[src])
         self.rows[slots] = rows[src]
         if self.stamps is not None:
             self.stamps[slots] = stamps[src] if isinstance(stamps, np.ndarray) else stamps
@@ -283,28 +452,35 @@ class _Segment:
     def offer(self, ids: Ids, vectors: Vectors, now: float) -> int:
         if self.capacity == 0:
             return 0
+        self.flush()
         a = self.update(ids, vectors, now)
-        return self.place(a.ids, a.z, a.sets, a.rows, freq=self.estimate(a.z), stamps=now, now=now)
+        freq = self.estimate(_mix(a.ids))
+        return self.place(a.ids, a.sets, a.rows, freq=freq, stamps=now, now=now)
 
     def invalidate(self, ids: Ids | None) -> int:
         if ids is None:
             dropped = self.entries
             self.keys.fill(-1)
+            self.tags.fill(0)
             self.entries = 0
             return dropped
         if self.capacity == 0 or ids.shape[0] == 0:
             return 0
         uniq = np.unique(ids)
-        _, sets, way = self._find(uniq)
+        sets, way = self._find(uniq)
         present = way != 0
         slots = sets[present] * self.ways + way[present].astype(np.intp) - 1
         self.keys.reshape(-1)[slots] = -1
+        self.tags.reshape(-1)[slots] = 0
         self.entries -= int(slots.shape[0])
         return int(slots.shape[0])
 
     def resized(self, budget: int, now: float) -> _Segment:
         """A segment with a new budget holding this one's most frequent live rows."""
-        new = _Segment(self.spec, budget, ways=self.ways, ttl=self.ttl)
+        self.flush()
+        new = _Segment(
+            self.spec, budget, ways=self.ways, ttl=self.ttl, sketch_sample=self.sketch_sample
+        )
         new.hits, new.misses, new.metrics = self.hits, self.misses, self.metrics
         live = self.keys.reshape(-1) >= 0
         if self.stamps is not None and self.ttl is not None:
@@ -316,8 +492,8 @@ class _Segment:
         freq = self.estimate(z)
         new._add(z, freq)  # carry the residents' popularity, or newcomers would evict them
         stamps = self.stamps[live] if self.stamps is not None else now
-        sets = _fastrange(z >> np.uint64(32), new.sets)
-        new.place(ids, z, sets, self.rows[live], freq=freq, stamps=stamps, now=now)
+        _, sets = _home(ids, new.sets)
+        new.place(ids, sets, self.rows[live], freq=freq, stamps=stamps, now=now)
         return new
 
     def stats(self) -> CacheStats:
@@ -337,6 +513,7 @@ class LocalCache:
     ``ways``: slots per set (more ways: fewer conflict misses, a slower hit path).
     ``ttl``/``ttls``: seconds after which a cached row counts as a miss (default, per table).
     ``weights``: share of the budget per table (default 1 each).
+    ``sketch_sample``: ids per lookup fed to the frequency sketch at most (see ``count``).
     Thread-safe: one lock around each call, which the numpy work dominates.
     """
 
@@ -348,8 +525,11 @@ class LocalCache:
         ttl: float | None = None,
         ttls: Mapping[str, float | None] | None = None,
         weights: Mapping[str, float] | None = None,
+        sketch_sample: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if sketch_sample < 1:
+            raise ValueError(f"sketch_sample must be >= 1, got {sketch_sample}")
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         if not 1 <= ways <= 64:
@@ -359,6 +539,7 @@ class LocalCache:
                 raise ValueError(f"weights[{name!r}] must be > 0, got {w}")
         self.capacity_bytes = capacity_bytes
         self._ways = ways
+        self._sketch_sample = sketch_sample
         self._ttl = ttl
         self._ttls = dict(ttls or {})
         self._weights = dict(weights or {})
@@ -388,7 +569,13 @@ class LocalCache:
                 self._segments[other] = old.resized(budget, now)
                 self._segments[other].metrics.bytes.set(self._segments[other].bytes_used)
         ttl = self._ttls.get(spec.name, self._ttl)
-        seg = _Segment(spec, self._budget(spec.name, names), ways=self._ways, ttl=ttl)
+        seg = _Segment(
+            spec,
+            self._budget(spec.name, names),
+            ways=self._ways,
+            ttl=ttl,
+            sketch_sample=self._sketch_sample,
+        )
         self._segments[spec.name] = seg
         return seg
 
@@ -400,8 +587,9 @@ class LocalCache:
         start = time.perf_counter()
         with self._lock:
             seg = self._segment(spec)
+            before = seg.hits
             looked = seg.get(ids, self._clock() if seg.ttl is not None else 0.0)
-        found = int(np.count_nonzero(looked.found))
+            found = seg.hits - before
         seg.metrics.record(found, ids.shape[0], time.perf_counter() - start)
         return looked
 

@@ -59,3 +59,12 @@ class ReadOnlyStoreError(StorageError):
 
 class StoreLockedError(StorageError):
     """Another writer (in this or another process) holds the store's directory."""
+
+
+class BackendUnavailableError(StorageError):
+    """A network backend did not answer a call that cannot degrade (a write, a table's shape).
+
+    Retriable: the same call may well succeed once the cluster is back.
+    """
+
+    retriable = True

@@ -63,3 +63,21 @@ class TierMetrics:
         self.hits.inc(found)
         self.misses.inc(total - found)
         self.lookup.observe(seconds)
+
+
+DEGRADED: Final = Counter(
+    "jizhi_store_degraded_total",
+    "Ids answered with the fallback (zeros) because the backend could not be asked in time "
+    "(unreachable, slow, or its circuit breaker open), as opposed to ids it has no row for.",
+    ["table"],
+)
+BACKEND_UP: Final = Gauge(
+    "jizhi_store_backend_up",
+    "1 while the backend answers (circuit breaker closed), 0 while lookups are degraded.",
+    ["backend"],
+)
+BACKEND_ERRORS: Final = Counter(
+    "jizhi_store_backend_errors_total",
+    "Failed backend calls by error class (what a retry or the breaker then has to absorb).",
+    ["backend", "error"],
+)

@@ -32,10 +32,16 @@ class Lookup(NamedTuple):
 
     ``found[i]`` is False where the id has no row; ``vectors[i]`` is then the table's fallback
     (zeros), so callers can score every candidate and still count the misses.
+
+    ``degraded`` is None when every id was asked of the store. Otherwise ``degraded[i]`` is True
+    where the id got the fallback because a backend could not be asked in time (unreachable,
+    slow, circuit breaker open) rather than because it has no row: the answer is still usable,
+    but a stage should mark its response degraded. Always None for the embedded store.
     """
 
     vectors: Vectors
     found: Mask
+    degraded: Mask | None = None
 
 
 @runtime_checkable

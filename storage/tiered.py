@@ -54,7 +54,11 @@ class TieredStore:
         found[missing] = fetched.found[back]
         if fetched.found.any():
             self.cache.offer(spec, wanted[fetched.found], fetched.vectors[fetched.found])
-        return Lookup(vectors, found)
+        degraded = None
+        if fetched.degraded is not None:  # the backend could not be asked: hits still count
+            degraded = np.zeros(ids.shape[0], dtype=np.bool_)
+            degraded[missing] = fetched.degraded[back]
+        return Lookup(vectors, found, degraded)
 
     def put_many(self, table: str, ids: Any, vectors: Any, /) -> None:
         """Write to the backend first: if that fails, the cache still holds the old rows."""

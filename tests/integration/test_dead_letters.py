@@ -19,7 +19,7 @@ from tests.integration.workerkit import WorkerProc, Workers, unique_pipeline, wo
 
 pytestmark = pytest.mark.integration
 
-KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+KCAT = shutil.which("kcat") or shutil.which("kafkacat") or ""
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +66,25 @@ class Collected:
 
 def _kcat_produce(bootstrap: str, topic: str, files: list[Path]) -> None:
     """One message per file, as an operator would from a shell."""
-    assert KCAT is not None
+    assert KCAT
     subprocess.run(
-        [KCAT, "-P", "-b", bootstrap, "-t", topic, "-X", "message.max.bytes=4000000", *map(str, files)],
+        [
+            KCAT,
+            "-P",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-X",
+            "message.max.bytes=4000000",
+            *map(str, files),
+        ],
         check=True,
         timeout=30,
     )
 
 
-@pytest.mark.skipif(KCAT is None, reason="kcat is not installed")
+@pytest.mark.skipif(not KCAT, reason="kcat is not installed")
 def test_kcat_request_is_answered(
     pipeline: tuple[Workers, WorkerProc], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -82,7 +92,9 @@ def test_kcat_request_is_answered(
     got = Collected()
     with Client(kafka_bootstrap, w.pipeline, on_responses=got.on_responses) as client:
         f = tmp_path / "req.json"
-        f.write_text('{"request_id": "kcat-1", "user_id": 3, "candidates": [1, 2, 3, 4, 5], "k": 2}')
+        f.write_text(
+            '{"request_id": "kcat-1", "user_id": 3, "candidates": [1, 2, 3, 4, 5], "k": 2}'
+        )
         _kcat_produce(kafka_bootstrap, client.requests_topic, [f])
         got.wait(responses=1, dead=0)
     assert [r.request_id for r in got.responses] == ["kcat-1"], w.logs()
@@ -99,7 +111,7 @@ def test_kcat_request_is_answered(
     assert any(json.loads(line)["request_id"] == "kcat-1" for line in out.splitlines() if line)
 
 
-@pytest.mark.skipif(KCAT is None, reason="kcat is not installed")
+@pytest.mark.skipif(not KCAT, reason="kcat is not installed")
 def test_garbage_goes_to_dead_letters_with_a_reason(
     pipeline: tuple[Workers, WorkerProc], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -121,7 +133,9 @@ def test_garbage_goes_to_dead_letters_with_a_reason(
         f.write_text(text)
         files.append(f)
     assert files[4].stat().st_size > 1 << 20  # over ingest's 1 MiB limit
-    with Client(kafka_bootstrap, w.pipeline, on_responses=got.on_responses, on_dead=got.on_dead) as c:
+    with Client(
+        kafka_bootstrap, w.pipeline, on_responses=got.on_responses, on_dead=got.on_dead
+    ) as c:
         _kcat_produce(kafka_bootstrap, c.requests_topic, files)
         got.wait(responses=4, dead=4)
     by_id = {r.request_id: r for r in got.responses}

@@ -84,7 +84,9 @@ class WorkerProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker {self.stages} exited:\n{self.text()}")
             time.sleep(0.05)
-        raise AssertionError(f"worker {self.stages} got no partitions in {timeout}s:\n{self.text()}")
+        raise AssertionError(
+            f"worker {self.stages} got no partitions in {timeout}s:\n{self.text()}"
+        )
 
     def terminate(self, timeout: float = 30.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -148,7 +150,9 @@ class Workers:
         return wp
 
     def logs(self) -> str:
-        return "\n".join(f"--- {w.stages} (rc={w.proc.poll()})\n{w.text()[-3000:]}" for w in self.procs)
+        return "\n".join(
+            f"--- {w.stages} (rc={w.proc.poll()})\n{w.text()[-3000:]}" for w in self.procs
+        )
 
     def close(self) -> None:
         for w in self.procs:

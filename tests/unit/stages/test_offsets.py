@@ -26,7 +26,7 @@ class TrackerModel(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.next_offset = {p: 0 for p in range(3)}
+        self.next_offset = dict.fromkeys(range(3), 0)
 
     @rule(partition=st.integers(0, 2), gap=st.integers(1, 4))
     def consume(self, partition: int, gap: int) -> None:
@@ -92,7 +92,9 @@ TestTrackerModel.settings = settings(max_examples=150, stateful_step_count=60, d
 
 
 @given(st.permutations(list(range(30))), st.integers(1, 5))
-def test_out_of_order_completion_commits_only_the_finished_prefix(order: list[int], step: int) -> None:
+def test_out_of_order_completion_commits_only_the_finished_prefix(
+    order: list[int], step: int
+) -> None:
     tracker = OffsetTracker()
     offsets = [i * step for i in range(30)]  # with gaps when step > 1
     tickets = [tracker.track(TOPIC, 0, o) for o in offsets]

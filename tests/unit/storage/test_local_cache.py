@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage import LocalCache, TableSpec
-from storage.cache import _fastrange, _mix
+from storage.cache import _home
 from storage.errors import InvalidIdsError, SchemaMismatchError
 from storage.synthetic import ZipfSampler
 
@@ -141,7 +141,7 @@ def _same_set(cache: LocalCache, spec: TableSpec, count: int) -> np.ndarray:
     cache.get(spec, np.array([0]))
     sets = cache._segments[spec.name].sets
     pool = np.arange(200_000, dtype=np.int64)
-    chosen: np.ndarray = pool[_fastrange(_mix(pool) >> np.uint64(32), sets) == 0][:count]
+    chosen: np.ndarray = pool[_home(pool, sets)[1] == 0][:count]
     assert chosen.shape[0] == count
     return chosen
 
