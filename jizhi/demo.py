@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from jizhi.assemble import batch_policies, build_stages, cache_hit_ratio, open_store
 from jizhi.config import Settings
-from jizhi.synth import RequestEncoder, Workload, World, WorldSpec, ensure_world
+from jizhi.synth import RequestEncoder, Workload, World, WorldSpec, ensure_world, publish_chunk
 from jizhi.tally import Tally
 from stages.model import RankingModel
 from stages.runtime import BoundedQueue, CallbackSink, Chain, Envelope
@@ -62,7 +62,7 @@ class _Publisher(threading.Thread):
         start_wall = time.time()
         self.started_at = start = time.monotonic()
         try:
-            chunk = 64 if rate <= 0 else max(1, min(64, int(rate / 500)))
+            chunk = publish_chunk(rate)
             for batch in self._opts.workload.batches(self._world.spec, chunk=chunk):
                 if rate > 0:
                     due = start + self.published / rate
@@ -178,8 +178,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("latency p50", _ms(lat.get("p50"))),
         ("latency p95", _ms(lat.get("p95"))),
         ("latency p99", _ms(lat.get("p99"))),
-        ("cache hit ratio", f"{summary.get('cache_hit_ratio', 0.0):.1%}"),
     ]
+    if "cache_hit_ratio" in summary:
+        rows.append(("cache hit ratio", f"{summary['cache_hit_ratio']:.1%}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v:>16}" for k, v in rows)
 

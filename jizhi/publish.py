@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from jizhi.client import Client, ensure_pipeline_topics
-from jizhi.synth import RequestEncoder, Workload, WorldSpec
+from jizhi.synth import RequestEncoder, Workload, WorldSpec, publish_chunk
 from jizhi.tally import Tally
 from jizhi.world_args import add_world_args, world_spec
 from stages.events import DeadLetter, Response
@@ -49,11 +49,6 @@ class PublishResult:
     published: int
     prefix: str
     dead_letters: list[DeadLetter] = field(default_factory=list)
-
-
-def chunk_for(rate: float) -> int:
-    """Requests generated per step; the same as `jizhi demo` so a seed gives the same requests."""
-    return 64 if rate <= 0 else max(1, min(64, int(rate / 500)))
 
 
 def run_publish(opts: PublishOptions, out: TextIO = sys.stderr) -> PublishResult:
@@ -95,7 +90,7 @@ def run_publish(opts: PublishOptions, out: TextIO = sys.stderr) -> PublishResult
     start = time.monotonic()
     sent_s = 0.0
     try:
-        for batch in opts.workload.batches(opts.world, chunk=chunk_for(rate)):
+        for batch in opts.workload.batches(opts.world, chunk=publish_chunk(rate)):
             if rate > 0:
                 delay = start + published / rate - time.monotonic()
                 if delay > 0:

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from jizhi.assemble import batch_policies, build_stages
+from jizhi.assemble import batch_policies, build_stages, open_store
 from jizhi.client import ensure_pipeline_topics, pipeline_topics
 from jizhi.config import STAGE_ORDER, ConfigError, Settings, jizhi_home, load_settings
 from jizhi.synth import World, WorldSpec, ensure_world
@@ -47,7 +47,7 @@ from stages.runtime.kafka import (
     topic_name,
 )
 from stages.stage import Stage
-from storage import EmbeddedStore, LocalCache, TieredStore
+from storage import TieredStore
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +303,6 @@ def _locked_world(spec: WorldSpec, root: Path | None) -> World:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_read_only_store(settings: Settings, path: Path) -> TieredStore:
-    """The embedded store opened for reading, so any number of workers share one directory."""
-    backend = EmbeddedStore(path, mode="r")
-    return TieredStore(backend, LocalCache(capacity_bytes=settings.store.cache_bytes))
-
-
 def _settings_from(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     kafka = settings.kafka
@@ -351,7 +345,7 @@ def _run(args: argparse.Namespace) -> int:
             world = _locked_world(world_spec(args, settings.pipeline.context_dim), args.world_dir)
         if needs_store:
             path = Path(settings.store.path) if settings.store.path else world.store_path  # type: ignore[union-attr]
-            store = open_read_only_store(settings, path)
+            store = open_store(settings, path)
         if needs_model:
             mpath = Path(settings.model.path) if settings.model.path else world.model_path  # type: ignore[union-attr]
             model = RankingModel.load(mpath)
