@@ -17,17 +17,24 @@ from stages.builtin import Embed, Features, Ingest, Rank, Score
 from stages.model import RankingModel
 from stages.runtime import BatchPolicy
 from stages.stage import Stage
-from storage import EmbeddedStore, LocalCache, TieredStore
+from storage import EmbeddedStore, LocalCache, ResultCache, TieredStore
+from storage.aerospike_store import AerospikeStore
 
 
 def open_store(settings: Settings, path: Path | None = None) -> TieredStore:
     """The configured backend, read-only (stages only read; many workers share one store), behind
     a local cache of ``store.cache_bytes``."""
+    cache = LocalCache(capacity_bytes=settings.store.cache_bytes)
+    if settings.store.backend == "aerospike":
+        try:
+            settings.store.aerospike.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        return TieredStore(AerospikeStore(settings.store.aerospike), cache)
     root = path if path is not None else Path(settings.store.path)
     if not str(root):
         raise ConfigError("store.path: the embedded store needs a directory")
-    backend = EmbeddedStore(root, mode="r")
-    return TieredStore(backend, LocalCache(capacity_bytes=settings.store.cache_bytes))
+    return TieredStore(EmbeddedStore(root, mode="r"), cache)
 
 
 def build_stages(
@@ -70,7 +77,16 @@ def build_stages(
         elif name == "score":
             if model is None:
                 raise ConfigError("stage score needs a model (model.path)")
-            built.append(Score(model))
+            towers = (
+                ResultCache(
+                    settings.store.tower_cache_bytes,
+                    dim=model.shape.tower_dim,
+                    ttl=settings.store.tower_cache_ttl_s,
+                )
+                if settings.store.tower_cache_bytes
+                else None
+            )
+            built.append(Score(model, towers=towers))
         else:
             built.append(Rank())
     return built

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from jizhi import local, publish, worker
+from jizhi import embeddings_cli, local, publish, worker
 from jizhi.config import load_settings
 from jizhi.demo import DemoOptions, format_summary, run_demo, write_summary
 from jizhi.metrics_server import serve_metrics
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(sub)
     worker.register(sub)
     publish.register(sub)
+    embeddings_cli.register(sub)
     return parser
 
 

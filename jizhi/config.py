@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from stages.errors import JizhiError
+from storage.aerospike_store import AerospikeSettings
 
 STAGE_ORDER = ("ingest", "features", "embed", "score", "rank")
 
@@ -43,11 +44,14 @@ class PipelineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where embeddings live and how much of them each worker caches."""
 
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "aerospike"] = "embedded"
     path: str = ""
     cache_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 << 20
     user_table: str = "users"
     item_table: str = "items"
+    tower_cache_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tower_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    aerospike: AerospikeSettings = AerospikeSettings()
 
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

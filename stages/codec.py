@@ -204,5 +204,6 @@ def to_response(event: Event, now_ms: float) -> Response:
         answered_at_ms=now_ms,
         stage_ms=stage_ms,
         missing_embeddings=event.missing,
+        degraded=event.degraded > 0,
         reason=event.reason,
     )

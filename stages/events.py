@@ -56,7 +56,8 @@ class Event(msgspec.Struct, frozen=True, array_like=True):
 
     Fields fill in as stages run: ``features`` sets ``user_vec``, ``embed`` sets ``item_vecs`` and
     ``missing``, ``score`` sets ``scores``, ``rank`` sets ``items`` and ``top_scores``. ``stamps``
-    maps a stage name to the epoch-ms time it finished, for the latency breakdown.
+    maps a stage name to the epoch-ms time it finished, for the latency breakdown. ``degraded``
+    counts lookups answered with a fallback because the store's backend was unavailable.
     """
 
     v: int
@@ -78,6 +79,7 @@ class Event(msgspec.Struct, frozen=True, array_like=True):
     scores: npt.NDArray[np.float32] | None = None
     items: npt.NDArray[np.int64] | None = None
     top_scores: npt.NDArray[np.float32] | None = None
+    degraded: int = 0
 
 
 class Response(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -93,6 +95,7 @@ class Response(msgspec.Struct, frozen=True, omit_defaults=False):
     answered_at_ms: float
     stage_ms: dict[str, float]
     missing_embeddings: int = 0
+    degraded: bool = False
     reason: str = ""
     v: int = SCHEMA_VERSION
 

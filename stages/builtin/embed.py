@@ -33,10 +33,17 @@ class Embed(BaseStage):
         looked = self._store.get_many(self._table, ids)
         vectors = np.asarray(looked.vectors, dtype=np.float32)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        missing = np.add.reduceat((~looked.found).astype(np.int64), starts)
+        missing = np.add.reduceat((~looked.found).astype(np.int64), starts).tolist()
+        degraded = (
+            np.add.reduceat(looked.degraded.astype(np.int64), starts).tolist()
+            if looked.degraded is not None
+            else [0] * len(batch)
+        )
         return [
-            msgspec.structs.replace(e, item_vecs=vectors[s : s + n], missing=int(m))
-            for e, s, n, m in zip(
-                batch, starts.tolist(), counts.tolist(), missing.tolist(), strict=True
+            msgspec.structs.replace(
+                e, item_vecs=vectors[s : s + n], missing=m, degraded=e.degraded + d
+            )
+            for e, s, n, m, d in zip(
+                batch, starts.tolist(), counts.tolist(), missing, degraded, strict=True
             )
         ]

@@ -79,7 +79,13 @@ class Features(BaseStage):
         looked = self._store.get_many(self._table, ids)
         ctx = self._hasher.transform([e.context for e in batch])
         user = np.concatenate([np.asarray(looked.vectors, dtype=np.float32), ctx], axis=1)
-        return [msgspec.structs.replace(e, user_vec=user[i]) for i, e in enumerate(batch)]
+        if looked.degraded is None or not looked.degraded.any():
+            return [msgspec.structs.replace(e, user_vec=user[i]) for i, e in enumerate(batch)]
+        flags = looked.degraded.tolist()
+        return [
+            msgspec.structs.replace(e, user_vec=user[i], degraded=e.degraded + int(flags[i]))
+            for i, e in enumerate(batch)
+        ]
 
 
 __all__ = ["ContextHasher", "DeadLetter", "Features"]

@@ -14,6 +14,7 @@ import numpy as np
 from stages.events import DeadLetter, Event
 from stages.model import RankingModel
 from stages.stage import BaseStage, Result
+from storage import ResultCache
 
 
 class Score(BaseStage):
@@ -21,8 +22,11 @@ class Score(BaseStage):
 
     name = "score"
 
-    def __init__(self, model: RankingModel) -> None:
+    def __init__(self, model: RankingModel, *, towers: ResultCache | None = None) -> None:
+        """``towers`` reuses user-tower outputs across requests of the same user and context;
+        worth it only when the tower is expensive (see docs/benchmarks.md)."""
         self._model = model
+        self._towers = towers
 
     def process(self, batch: Sequence[Event], /) -> list[Result]:
         out: list[Result | None] = [None] * len(batch)
@@ -45,7 +49,14 @@ class Score(BaseStage):
             counts = np.fromiter((len(e.candidates) for e in events), np.int64, len(events))
             users = np.stack([e.user_vec for e in events])  # type: ignore[misc]
             items = np.concatenate([e.item_vecs for e in events])
-            scores = self._model.score(users, items, counts)
+            if self._towers is None:
+                scores = self._model.score(users, items, counts)
+            else:
+                uids = np.fromiter((e.user_id for e in events), np.int64, len(events))
+                u = self._towers.get_or_compute(
+                    self._model.version, uids, users, self._model.user_tower
+                )
+                scores = self._model.score_towers(u, items, counts)
             start = 0
             for i, e, n in zip(ready, events, counts.tolist(), strict=True):
                 out[i] = msgspec.structs.replace(e, scores=scores[start : start + n])

@@ -28,6 +28,9 @@ from stages.stage import Stage
 
 log = logging.getLogger(__name__)
 
+DEPTH_SAMPLE_S = 0.1
+"""How often a runner samples its source's depth for the queue-depth gauge."""
+
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
@@ -101,8 +104,14 @@ class StageRunner:
             self.stage.open()
             try:
                 wait = self.policy.max_wait_ms / 1000.0
+                sampled = 0.0
                 while (batch := self.source.get_batch(self.policy.max_size, wait)) is not None:
-                    self._m_depth.set(self.source.depth())
+                    # A gauge scraped every few seconds: sampling it at 10 Hz is plenty, and a
+                    # Kafka source's depth (its unfinished offsets) costs a scan to compute.
+                    now = time.monotonic()
+                    if now - sampled >= DEPTH_SAMPLE_S:
+                        self._m_depth.set(self.source.depth())
+                        sampled = now
                     self.handle(batch)
             finally:
                 self.stage.close()

@@ -18,7 +18,7 @@ import yaml
 
 from dashboards import build
 from jizhi.cli import build_parser
-from jizhi.config import Settings, load_settings
+from jizhi.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

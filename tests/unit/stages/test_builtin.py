@@ -12,7 +12,7 @@ from stages.builtin.features import ContextHasher
 from stages.events import Event
 from stages.harness import StageHarness
 from stages.model import RankingModel
-from storage import TieredStore
+from storage import Lookup, ResultCache, TieredStore
 
 from ..conftest import CTX, DIM, ITEMS
 
@@ -190,3 +190,64 @@ def test_rank_top_k_with_rules() -> None:
     assert got["b"][1] == pytest.approx([0.3, 0.2])
     assert got["c"][0] == [30, 31]
     assert all(r.status == "ok" for r in out.answers)
+
+
+class _DegradedStore:
+    """Wraps a store and marks chosen ids as answered by a fallback (backend down)."""
+
+    def __init__(self, inner: TieredStore, down: set[int]) -> None:
+        self.inner = inner
+        self.down = down
+
+    def table(self, name: str, /) -> object:
+        return self.inner.table(name)
+
+    def get_many(self, table: str, ids: np.ndarray, /) -> Lookup:
+        looked = self.inner.get_many(table, ids)
+        mask = np.isin(ids, list(self.down))
+        return Lookup(looked.vectors, looked.found & ~mask, mask)
+
+    def put_many(self, table: str, ids: np.ndarray, vectors: np.ndarray, /) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+def test_degraded_lookups_are_counted_and_flag_the_answer(
+    store: TieredStore, model: RankingModel
+) -> None:
+    flaky = _DegradedStore(store, down={6, 3})  # item 6, and user 3
+    evs = (
+        StageHarness(Features(flaky, context_dim=CTX), clock=clock)
+        .run(  # type: ignore[arg-type]
+            [event("a", [5, 6]), event("b", [7], user_id=4)]
+        )
+        .forwarded
+    )
+    evs = StageHarness(Embed(flaky), clock=clock).run(evs).forwarded  # type: ignore[arg-type]
+    assert [e.degraded for e in evs] == [2, 0]
+    evs = StageHarness(Score(model), clock=clock).run(evs).forwarded
+    answers = StageHarness(Rank(), last=True, clock=clock).run(evs).answers
+    assert {r.request_id: r.degraded for r in answers} == {"a": True, "b": False}
+
+
+def test_score_with_tower_cache_matches_without(model: RankingModel) -> None:
+    rng = np.random.default_rng(4)
+    evs = [
+        event(
+            str(i),
+            list(range(5)),
+            user_id=i % 2,
+            user_vec=np.full(DIM + CTX, i % 2, dtype=np.float32),
+            item_vecs=rng.standard_normal((5, DIM)).astype(np.float32),
+        )
+        for i in range(6)
+    ]
+    towers = ResultCache(1 << 20, dim=model.shape.tower_dim)
+    plain = StageHarness(Score(model), clock=clock).run(evs).forwarded
+    cached = StageHarness(Score(model, towers=towers), clock=clock).run(evs).forwarded
+    for a, b in zip(plain, cached, strict=True):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)  # type: ignore[arg-type]
+    # two distinct (user, context) keys: computed once each, the other four rows reuse them
+    assert towers.computed == 2 and towers.reused == 4

@@ -145,7 +145,7 @@ def _raw_event(candidates: Any, **extra: Any) -> bytes:
     """An event on the wire, with array slots filled by hand-made (possibly bad) values."""
     empty = _ext(2, (0,), b"")
     fields: list[Any] = [1, "r", 1, 1.0, 0.0, 1, 0, candidates, empty, {}, "ok", "", {}]
-    fields += [None, None, 0, None, None, None]
+    fields += [None, None, 0, None, None, None, 0]
     assert len(fields) == len(Event.__struct_fields__)
     for name, value in extra.items():
         fields[FIELD_INDEX[name]] = value
