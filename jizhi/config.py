@@ -122,5 +122,7 @@ def _dotted(message: str) -> str:
 
 
 def jizhi_home() -> Path:
-    """Where jizhi keeps caches and local state: ``$JIZHI_HOME`` or ``~/.cache/jizhi``."""
-    return Path(os.environ.get("JIZHI_HOME", Path.home() / ".cache" / "jizhi"))
+    """Where jizhi keeps caches and local state: ``$JIZHI_HOME`` (``~`` expanded; empty counts as
+    unset) or ``~/.cache/jizhi``."""
+    home = os.environ.get("JIZHI_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "jizhi"
