@@ -23,7 +23,7 @@ import numpy as np
 from jizhi.assemble import cache_hit_ratio, open_store
 from jizhi.config import PipelineSettings, Settings
 from jizhi.demo import DemoOptions, run_demo
-from jizhi.synth import Workload, WorldSpec, ensure_world
+from jizhi.synth import Workload, WorldSpec, ensure_world, warm_up
 from stages.model import RankingModel
 
 
@@ -33,6 +33,7 @@ def compute_only(
     world = ensure_world(spec)
     store = open_store(settings, world.store_path)
     model = RankingModel.load(world.model_path)
+    warm_up(store, spec, workload)  # as the pipeline run does
     ctx = np.zeros((batch, spec.context_dim), dtype=np.float32)
     chunks = list(workload.batches(spec, chunk=batch))
     t0 = time.perf_counter()
@@ -59,7 +60,14 @@ def pipeline(
     spec: WorldSpec, workload: Workload, settings: Settings, rate: float
 ) -> dict[str, Any]:
     result = run_demo(
-        DemoOptions(world=spec, workload=workload, rate=rate, settings=settings, progress=False)
+        DemoOptions(
+            world=spec,
+            workload=workload,
+            rate=rate,
+            settings=settings,
+            progress=False,
+            pregenerate=rate <= 0,  # saturated: requests encoded ahead, as by another process
+        )
     )
     if result.error is not None:
         raise RuntimeError(f"pipeline failed: {result.error!r}")
@@ -76,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--threads", choices=["per_stage", "one"], default="one")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
     spec = WorldSpec(users=args.users, items=args.items, dim=args.dim)
     settings = Settings(
-        pipeline=PipelineSettings(batch_size=args.batch_size, default_timeout_ms=60_000)
+        pipeline=PipelineSettings(
+            batch_size=args.batch_size, default_timeout_ms=60_000, threads=args.threads
+        )
     )
     saturate = Workload(requests=args.requests, candidates=args.candidates, timeout_ms=60_000)
     ensure_world(spec)
@@ -95,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_ms=200.0,
     )
     half = pipeline(
-        spec, paced, Settings(pipeline=PipelineSettings(batch_size=args.batch_size)), rate=half_rate
+        spec,
+        paced,
+        Settings(pipeline=PipelineSettings(batch_size=args.batch_size, threads=args.threads)),
+        rate=half_rate,
     )
 
     ratio = sat["throughput_rps"] / limit["throughput_rps"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from jizhi import embeddings_cli, local, publish, worker
+from jizhi import allocator_cli, embeddings_cli, local, publish, worker
 from jizhi.config import load_settings
 from jizhi.demo import DemoOptions, format_summary, run_demo, write_summary
 from jizhi.metrics_server import serve_metrics
@@ -106,7 +106,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--threads",
         choices=["per_stage", "one"],
         default=None,
-        help="a thread per stage, or the whole chain in one thread (per_stage)",
+        help="a thread per stage, or the whole chain in one thread (one)",
     )
     p.add_argument("--cache-mb", type=float, default=None, help="local embedding cache size (64)")
     p.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(sub)
     worker.register(sub)
     publish.register(sub)
+    allocator_cli.register(sub)
     embeddings_cli.register(sub)
     return parser
 

@@ -38,7 +38,7 @@ class PipelineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_budget_ms: NonNegative = 1.0
     admission_rate: NonNegative = 0.0
     context_dim: Annotated[int, msgspec.Meta(ge=0)] = 16
-    threads: Literal["per_stage", "one"] = "per_stage"
+    threads: Literal["per_stage", "one"] = "one"
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

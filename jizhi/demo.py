@@ -17,7 +17,15 @@ from typing import Any, TextIO
 
 from jizhi.assemble import batch_policies, build_stages, cache_hit_ratio, open_store
 from jizhi.config import Settings
-from jizhi.synth import RequestEncoder, Workload, World, WorldSpec, ensure_world, publish_chunk
+from jizhi.synth import (
+    RequestEncoder,
+    Workload,
+    World,
+    WorldSpec,
+    ensure_world,
+    publish_chunk,
+    warm_up,
+)
 from jizhi.tally import Tally
 from stages.model import RankingModel
 from stages.runtime import BoundedQueue, CallbackSink, Chain, Envelope
@@ -34,6 +42,10 @@ class DemoOptions:
     progress: bool = True
     keep_responses: bool = False
     drain_timeout_s: float = 30.0
+    warm_up: bool = True
+    pregenerate: bool = False
+    """Encode every request before the clock starts (only with ``rate = 0``): measures the
+    pipeline alone, as if the client were another process."""
 
 
 @dataclass
@@ -57,6 +69,9 @@ class _Publisher(threading.Thread):
         self.started_at = time.monotonic()
 
     def run(self) -> None:
+        if self._opts.pregenerate and self._opts.rate <= 0:
+            self._run_pregenerated()
+            return
         enc = RequestEncoder(self._opts.workload)
         rate = self._opts.rate
         start_wall = time.time()
@@ -85,6 +100,25 @@ class _Publisher(threading.Thread):
         finally:
             self._queue.close()
 
+    def _run_pregenerated(self) -> None:
+        enc = RequestEncoder(self._opts.workload)
+        chunks = [
+            [
+                Envelope(enc.encode(rid, u, c, None))
+                for rid, u, c in zip(b.ids, b.users.tolist(), b.candidates.tolist(), strict=True)
+            ]
+            for b in self._opts.workload.batches(self._world.spec, chunk=publish_chunk(0))
+        ]
+        self.started_at = time.monotonic()
+        try:
+            for payloads in chunks:
+                self._queue.put_many(payloads)
+                self.published += len(payloads)
+        except ClosedError as exc:
+            self.error = exc
+        finally:
+            self._queue.close()
+
 
 def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
     t0 = time.monotonic()
@@ -94,6 +128,8 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
     settings = opts.settings
     store = open_store(settings, world.store_path)
     model = RankingModel.load(world.model_path)
+    if opts.warm_up:
+        warm_up(store, world.spec, opts.workload)
     tally = Tally()
     tally.keep_responses = opts.keep_responses
     names = ("ingest", "features", "embed", "score", "rank")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy.typing as npt
 
 from jizhi.config import jizhi_home
 from stages.model import ModelShape, RankingModel
-from storage import EmbeddedStore, TableSpec
+from storage import EmbeddedStore, Store, TableSpec
 from storage.synthetic import generate_table, zipf_ids
 
 
@@ -81,9 +82,10 @@ class _WireRequest(msgspec.Struct, omit_defaults=True):
     user_id: int
     candidates: list[int]
     k: int
-    deadline_ms: int
-    created_at_ms: float
     context: dict[str, str | int]
+    deadline_ms: int | None = None
+    created_at_ms: float | None = None
+    timeout_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,19 @@ class Workload:
                 )
 
 
-_BLOCK = 4096
+_BLOCK = 256  # small enough that generating a block never stalls a paced publisher
+
+
+def warm_up(store: Store, spec: WorldSpec, workload: Workload, requests: int = 2048) -> None:
+    """Look up what a burst of this workload would, so the cache's arrays are allocated, the
+    popular rows admitted and the table files mapped before the clock starts (a worker that
+    just started is cold; a serving one is not)."""
+    rng = np.random.default_rng(workload.seed ^ 0x5A5A)
+    for _ in range(4):  # admission wants a row seen more than once before it is kept
+        store.get_many("users", rng.integers(0, spec.users, size=requests, dtype=np.int64))
+        store.get_many(
+            "items", zipf_ids(rng, spec.items, requests * workload.candidates, workload.zipf)
+        )
 
 
 def publish_chunk(rate: float) -> int:
@@ -139,15 +153,28 @@ class RequestEncoder:
         self._w = workload
         self._enc = msgspec.json.Encoder()
 
-    def encode(self, request_id: str, user: int, candidates: list[int], created_ms: float) -> bytes:
-        return self._enc.encode(
-            _WireRequest(
-                request_id=request_id,
-                user_id=user,
-                candidates=candidates,
-                k=self._w.k,
+    def encode(
+        self, request_id: str, user: int, candidates: list[int], created_ms: float | None
+    ) -> bytes:
+        """With ``created_ms`` the request carries its send time and an absolute deadline; with
+        None (encoded ahead of time) a relative timeout, so ingest starts its clock."""
+        hour_of = created_ms if created_ms is not None else time.time() * 1000.0
+        context: dict[str, str | int] = {
+            "device": _DEVICES[user % 3],
+            "hour": int(hour_of // 3_600_000) % 24,
+        }
+        if created_ms is None:
+            wire = _WireRequest(
+                request_id, user, candidates, self._w.k, context, timeout_ms=self._w.timeout_ms
+            )
+        else:
+            wire = _WireRequest(
+                request_id,
+                user,
+                candidates,
+                self._w.k,
+                context,
                 deadline_ms=int(created_ms + self._w.timeout_ms),
                 created_at_ms=created_ms,
-                context={"device": _DEVICES[user % 3], "hour": int(created_ms // 3_600_000) % 24},
             )
-        )
+        return self._enc.encode(wire)

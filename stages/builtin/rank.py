@@ -48,25 +48,26 @@ def top_k(
     events: Sequence[Event],
 ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
     """Per event: (item ids, scores) of its ``k`` best admissible candidates."""
-    counts = np.fromiter((len(e.candidates) for e in events), np.int64, len(events))
-    b, width = len(events), int(counts.max())
-    rows = np.repeat(np.arange(b), counts)
-    cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    b = len(events)
+    counts = np.fromiter((len(e.candidates) for e in events), np.int64, b)
+    width = int(counts.max())
     cand = np.concatenate([e.candidates for e in events])
     flat = np.concatenate([e.scores for e in events]).astype(np.float32)
+    if bool((counts == width).all()):  # the usual case: a reshape, no scatter
+        ids = cand.reshape(b, width)
+        matrix = flat.reshape(b, width).copy()
+    else:
+        rows = np.repeat(np.arange(b), counts)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        ids = np.full((b, width), -1, dtype=np.int64)  # ids are >= 0: -1 pads
+        ids[rows, cols] = cand
+        matrix = np.full((b, width), -np.inf, dtype=np.float32)
+        matrix[rows, cols] = flat
 
-    keep = _first_occurrence(rows, cand)
-    starts = np.cumsum(counts) - counts
+    matrix[_repeats(ids)] = -np.inf
     for r, e in enumerate(events):
         if len(e.exclude):  # rare, so a loop over only these events
-            s, n = int(starts[r]), int(counts[r])
-            keep[s : s + n] &= ~np.isin(cand[s : s + n], e.exclude)
-    flat = np.where(keep, flat, -np.inf).astype(np.float32)
-
-    matrix = np.full((b, width), -np.inf, dtype=np.float32)
-    matrix[rows, cols] = flat
-    ids = np.zeros((b, width), dtype=np.int64)
-    ids[rows, cols] = cand
+            matrix[r, np.isin(ids[r], e.exclude)] = -np.inf
 
     kmax = min(width, max(e.k for e in events))
     if kmax < width:
@@ -79,31 +80,39 @@ def top_k(
     best_cols = np.take_along_axis(part, order, axis=1)
     best_scores = np.take_along_axis(top, order, axis=1)
     best_ids = np.take_along_axis(ids, best_cols, axis=1)
-    valid = np.isfinite(best_scores)
+    valid = np.isfinite(best_scores).sum(axis=1).tolist()
 
-    result = []
-    for r, e in enumerate(events):
-        n = min(e.k, int(valid[r].sum()))
-        result.append((best_ids[r, :n].copy(), best_scores[r, :n].copy()))
-    return result
+    return [
+        (best_ids[r, :n].copy(), best_scores[r, :n].copy())
+        for r, n in enumerate(min(e.k, v) for e, v in zip(events, valid, strict=True))
+    ]
 
 
-def _first_occurrence(
-    rows: npt.NDArray[np.int64], cand: npt.NDArray[np.int64]
-) -> npt.NDArray[np.bool_]:
-    """False for every repeat of an id within its own request.
+_POS_BITS = 16  # positions < 65,536 (requests carry at most MAX_CANDIDATES)
+_FAST_ID_LIMIT = 1 << (63 - _POS_BITS)
 
-    A stable sort by id keeps equal ids in their original (request, position) order, so a repeat
-    within one request sits right after an earlier copy from the same request: one single-key
-    sort instead of a three-key lexsort.
+
+def _repeats(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """True at every repeat of an id within its own row (the first occurrence stays False).
+
+    Sorting each row by (id, position) puts a repeat right after its earlier copy. When ids fit
+    in 47 bits, (id, position) packs into one int64 and a plain ``np.sort`` per row does it, about
+    10x faster than a stable argsort; larger ids take the argsort.
     """
-    order = np.argsort(cand, kind="stable")
-    c, r = cand[order], rows[order]
-    repeat = np.zeros(len(order), dtype=bool)
-    repeat[1:] = (c[1:] == c[:-1]) & (r[1:] == r[:-1])
-    keep = np.ones(len(order), dtype=bool)
-    keep[order[repeat]] = False
-    return keep
+    repeat = np.zeros(ids.shape, dtype=bool)
+    if ids.size and int(ids.max()) < _FAST_ID_LIMIT:
+        positions = np.arange(ids.shape[1], dtype=np.int64)
+        keys = np.sort((ids << _POS_BITS) | positions, axis=1)
+        same = (keys[:, 1:] >> _POS_BITS) == (keys[:, :-1] >> _POS_BITS)
+        rows, cols = np.nonzero(same)
+        repeat[rows, keys[rows, cols + 1] & ((1 << _POS_BITS) - 1)] = True
+        return repeat
+    order = np.argsort(ids, axis=1, kind="stable")
+    ordered = np.take_along_axis(ids, order, axis=1)
+    repeat_sorted = np.zeros(ids.shape, dtype=bool)
+    repeat_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+    return repeat
 
 
 __all__ = ["DeadLetter", "Rank", "top_k"]

@@ -120,3 +120,22 @@ def test_summary_counts_expired_when_deadlines_are_impossible(tmp_path: Path) ->
     assert s["answered"] == 300 and s["ok"] == 0
     assert s["expired"] + s["shed"] == 300
     assert msgspec.json.encode(s)  # the summary is JSON-serializable as written
+
+
+def test_pregenerated_requests_are_all_answered(tmp_path: Path) -> None:
+    spec = WorldSpec(users=50, items=1000, dim=8, context_dim=4, seed=1)
+    workload = Workload(requests=500, candidates=20, k=3, timeout_ms=60_000, seed=3)
+    settings = Settings(pipeline=PipelineSettings(context_dim=4))
+    result = run_demo(
+        DemoOptions(
+            world=spec,
+            workload=workload,
+            rate=0,
+            settings=settings,
+            world_root=tmp_path,
+            progress=False,
+            pregenerate=True,
+        )
+    )
+    s = result.summary
+    assert (s["answered"], s["ok"], s["duplicates"]) == (500, 500, 0)

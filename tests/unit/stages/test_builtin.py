@@ -5,10 +5,13 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages.admission import Admission
 from stages.builtin import Embed, Features, Ingest, Rank, Score
 from stages.builtin.features import ContextHasher
+from stages.builtin.rank import _repeats
 from stages.events import Event
 from stages.harness import StageHarness
 from stages.model import RankingModel
@@ -251,3 +254,25 @@ def test_score_with_tower_cache_matches_without(model: RankingModel) -> None:
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)  # type: ignore[arg-type]
     # two distinct (user, context) keys: computed once each, the other four rows reuse them
     assert towers.computed == 2 and towers.reused == 4
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from([0, 1, 2, 7, 2**47 - 1, 2**47, 2**62]), min_size=1, max_size=30),
+        min_size=1,
+        max_size=5,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_repeats_marks_every_later_copy_within_a_row(rows: list[list[int]]) -> None:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    want = np.zeros(ids.shape, dtype=bool)
+    for i in range(len(rows)):
+        seen: set[int] = set()
+        for j in range(width):
+            want[i, j] = int(ids[i, j]) in seen
+            seen.add(int(ids[i, j]))
+    np.testing.assert_array_equal(_repeats(ids), want)
