@@ -1,0 +1,146 @@
+"""The policies the simulator compares, each a `simulator.Controller`:
+
+- `StaticPeak`: enough consumers for the trace's peak at a utilisation, all the time;
+- `Keda`: KEDA's Kafka scaler through the HPA (`baselines.keda_step`), Kafka's default assignor;
+- `Jizhi`: the allocator's `Decider` (consumers, partitions, shedding) and its sticky balanced
+  assignment: the same code the reconcile loop runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from allocator.baselines import KedaOptions, KedaState, keda_step, keda_total_lag, static_peak
+from allocator.decide import AllocatorOptions, Decider, StageInput, forecast_rate
+from allocator.policy import assign_indices
+from allocator.simulator import IntArray, PipelineModel, Plan, View, round_robin
+from allocator.traces import FloatArray, Trace
+
+
+@dataclass
+class StaticPeak:
+    utilisation: float = 0.75
+    control_s: float = 3600.0
+    name: str = "static peak"
+    _plan: Plan | None = None
+
+    def start(self, model: PipelineModel, trace: Trace) -> Plan:
+        peak = float(trace.rate.max())
+        self._plan = Plan(
+            tuple(
+                static_peak(peak, s.service_rate, self.utilisation, model.partitions)
+                for s in model.stages
+            ),
+            tuple(model.partitions for _ in model.stages),
+        )
+        return self._plan
+
+    def control(self, view: View) -> Plan:
+        assert self._plan is not None
+        return self._plan
+
+    def assign(self, stage: int, rates: FloatArray, consumers: int, previous: IntArray) -> IntArray:
+        return round_robin(consumers, len(rates))
+
+
+@dataclass
+class Keda:
+    """One ScaledObject per stage; ``utilisation`` sets each stage's lagThreshold to the lag one
+    consumer shows at that utilisation (its service rate x the commit lag), which is how one
+    would tune the threshold to a deadline."""
+
+    utilisation: float = 0.7
+    control_s: float = 30.0
+    """KEDA's pollingInterval (default 30 s)."""
+    name: str = "KEDA"
+    options: KedaOptions = field(default_factory=KedaOptions)
+    _states: list[KedaState] = field(default_factory=list)
+    _thresholds: list[float] = field(default_factory=list)
+
+    def start(self, model: PipelineModel, trace: Trace) -> Plan:
+        self._thresholds = [
+            s.service_rate * model.commit_lag_s * self.utilisation for s in model.stages
+        ]
+        first = [
+            static_peak(float(trace.rate[0]), s.service_rate, self.utilisation, model.partitions)
+            for s in model.stages
+        ]
+        self._states = [KedaState(n, ((0.0, n),)) for n in first]
+        return Plan(tuple(first), tuple(model.partitions for _ in model.stages))
+
+    def control(self, view: View) -> Plan:
+        out = []
+        for i, st in enumerate(view.stages):
+            opts = KedaOptions(
+                lag_threshold=self._thresholds[i],
+                allow_idle_consumers=self.options.allow_idle_consumers,
+                min_replicas=self.options.min_replicas,
+                stabilization_s=self.options.stabilization_s,
+            )
+            total = keda_total_lag(st.lags, st.partitions, opts)
+            self._states[i] = keda_step(self._states[i], total, st.partitions, view.now, opts)
+            out.append(self._states[i].replicas)
+        return Plan(tuple(out), tuple(s.partitions for s in view.stages))
+
+    def assign(self, stage: int, rates: FloatArray, consumers: int, previous: IntArray) -> IntArray:
+        return round_robin(consumers, len(rates))
+
+
+@dataclass
+class Jizhi:
+    options: AllocatorOptions = field(default_factory=AllocatorOptions)
+    control_s: float = 10.0
+    forecast: bool = True
+    name: str = "jizhi"
+    _decider: Decider | None = None
+
+    def start(self, model: PipelineModel, trace: Trace) -> Plan:
+        self._decider = Decider(self.options)
+        first = [
+            static_peak(
+                float(trace.rate[0]),
+                s.service_rate,
+                self.options.scaling.target_utilisation,
+                model.partitions,
+            )
+            for s in model.stages
+        ]
+        return Plan(tuple(first), tuple(model.partitions for _ in model.stages))
+
+    def control(self, view: View) -> Plan:
+        assert self._decider is not None
+        ahead = None
+        if self.forecast:
+            ahead = forecast_rate(
+                view.forecast(0.0),
+                view.forecast(self.options.forecast_lead_s),
+                view.offered_rate,
+                self.options.forecast_band,
+            )
+        decisions = self._decider.decide(
+            view.now,
+            [
+                StageInput(
+                    s.name,
+                    s.partitions,
+                    s.provisioned,
+                    s.arrival_rate,
+                    float(s.lags.sum()),
+                    s.service_rate,
+                )
+                for s in view.stages
+            ],
+            forecast=ahead,
+            p99_s=view.p99_s,
+            deadline_s=view.deadline_s,
+            completed_rate=view.completed_rate,
+            offered_rate=view.offered_rate,
+        )
+        return Plan(
+            tuple(d.consumers.desired for d in decisions.stages),
+            tuple(d.partitions for d in decisions.stages),
+            decisions.shed.rate if decisions.shed is not None else 0.0,
+        )
+
+    def assign(self, stage: int, rates: FloatArray, consumers: int, previous: IntArray) -> IntArray:
+        return assign_indices(rates, consumers, previous, balance=self.options.balance)

@@ -1,0 +1,193 @@
+"""The reconcile loop: observe, decide, act on the difference, say when to look again.
+
+Level-based (controller-runtime's habit): every look re-reads offsets and worker metrics, asks the
+actuator what actually runs, computes the desired state with the pure policies (`Decider`), and
+acts only where desired and actual differ. Nothing is remembered but the policies' small state
+and the previous look's counters (for rates), so a restarted allocator converges the same way.
+
+What it acts on:
+- consumers per stage, through the actuator;
+- partitions, by growing a stage's input topic (``grow_partitions``; off by default, since growing
+  moves keys: see docs/allocator.md);
+- the ingest admission rate, through ``publish_admission`` (a callback: the worker side applies
+  it with `stages.admission.Admission.set_rate`).
+
+Every decision is logged with its reason and counted in ``jizhi_allocator_decisions_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from allocator import metrics
+from allocator.actuators import Actuator
+from allocator.decide import Decider, Decisions, StageInput
+from allocator.errors import ActuatorError, ObserveError
+from allocator.observe import Observer, Rates, StageRates, WorkerStats
+
+log = logging.getLogger(__name__)
+
+Scraper = Callable[[Sequence[str]], WorkerStats]
+PartitionGrower = Callable[[str, int], None]
+"""(stage, new partition count) -> None: grows the stage's input topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """What one reconcile saw and did; ``requeue_after`` says when to look again."""
+
+    at: float
+    rates: tuple[StageRates, ...]
+    actual: dict[str, int]
+    decisions: Decisions | None
+    acted: tuple[str, ...]
+    requeue_after: float
+    error: str | None = None
+
+
+@dataclass
+class Reconciler:
+    pipeline: str
+    stages: tuple[str, ...]
+    observer: Observer
+    actuator: Actuator
+    decider: Decider = field(default_factory=Decider)
+    scrape: Scraper | None = None
+    deadline_s: float | None = None
+    grow_partitions: PartitionGrower | None = None
+    publish_admission: Callable[[float], None] | None = None
+    dry_run: bool = False
+    interval_s: float = 10.0
+    clock: Callable[[], float] = time.time
+    _rates: Rates = field(default_factory=Rates)
+
+    def reconcile(self) -> Look:
+        """One look; never raises for a retriable failure (it is logged, counted and retried)."""
+        now = self.clock()
+        try:
+            offsets = self.observer.offsets()
+            stats = self.scrape(self.actuator.endpoints()) if self.scrape is not None else None
+            actual = {s: self.actuator.actual(s) for s in self.stages}
+        except (ObserveError, ActuatorError) as exc:
+            metrics.ERRORS.labels(self.pipeline, "observe", str(exc.retriable).lower()).inc()
+            if not exc.retriable:
+                raise
+            log.warning("observe failed, retrying in %.0f s: %s", self.interval_s, exc)
+            return Look(now, (), {}, None, (), self.interval_s, str(exc))
+        rates, p99, shed_rate = self._rates.update(offsets, stats)
+        by_stage = {r.stage: r for r in rates}
+        inputs = [
+            StageInput(
+                s,
+                by_stage[s].partitions,
+                actual.get(s, 0),
+                by_stage[s].arrival_rate,
+                by_stage[s].lag,
+                by_stage[s].service_rate,
+            )
+            for s in self.stages
+            if s in by_stage
+        ]
+        ingest = by_stage.get(self.stages[0]) if self.stages else None
+        decisions = self.decider.decide(
+            now,
+            inputs,
+            p99_s=p99,
+            deadline_s=self.deadline_s,
+            completed_rate=by_stage[self.stages[-1]].commit_rate
+            if self.stages and self.stages[-1] in by_stage
+            else 0.0,
+            offered_rate=ingest.arrival_rate if ingest is not None else 0.0,
+        )
+        acted = self._act(decisions, actual, by_stage)
+        self._export(decisions, actual, by_stage, shed_rate)
+        return Look(now, tuple(rates), actual, decisions, tuple(acted), self._requeue(decisions))
+
+    def _requeue(self, decisions: Decisions) -> float:
+        """Look again sooner while something is changing (consumers joining, shedding)."""
+        moving = any(d.consumers.reason.startswith("scale_up") for d in decisions.stages)
+        shedding = decisions.shed is not None and decisions.shed.rate > 0
+        return self.interval_s / 2 if moving or shedding else self.interval_s
+
+    def _act(
+        self, decisions: Decisions, actual: dict[str, int], rates: dict[str, StageRates]
+    ) -> list[str]:
+        acted = []
+        p = self.pipeline
+        for d in decisions.stages:
+            c = d.consumers
+            if d.partitions > rates[d.name].partitions:
+                metrics.DECISIONS.labels(p, d.name, "partitions", d.partition_reason).inc()
+                log.info(
+                    "%s: partitions %d -> %d (%s)",
+                    d.name,
+                    rates[d.name].partitions,
+                    d.partitions,
+                    d.partition_reason,
+                )
+                if self.grow_partitions is not None and not self.dry_run:
+                    self.grow_partitions(d.name, d.partitions)
+                    acted.append(f"{d.name}:partitions={d.partitions}")
+            if c.desired == actual.get(d.name, 0):
+                continue
+            metrics.DECISIONS.labels(p, d.name, "consumers", c.reason).inc()
+            log.info(
+                "%s: consumers %d -> %d (%s, need %.2f)",
+                d.name,
+                actual.get(d.name, 0),
+                c.desired,
+                c.reason,
+                c.need,
+            )
+            if self.dry_run:
+                continue
+            try:
+                self.actuator.scale(d.name, c.desired)
+                acted.append(f"{d.name}:consumers={c.desired}")
+            except ActuatorError as exc:
+                metrics.ERRORS.labels(p, "act", str(exc.retriable).lower()).inc()
+                if not exc.retriable:
+                    raise
+                log.warning("scaling %s failed, retried next look: %s", d.name, exc)
+        shed = decisions.shed
+        if shed is not None and shed.reason not in ("unlimited", "no_signal", "hold"):
+            metrics.DECISIONS.labels(p, self.stages[0], "admission", shed.reason).inc()
+            log.info("admission -> %.0f req/s (%s)", shed.rate, shed.reason)
+            if self.publish_admission is not None and not self.dry_run:
+                self.publish_admission(shed.rate)
+                acted.append(f"admission={shed.rate:.0f}")
+        return acted
+
+    def _export(
+        self,
+        decisions: Decisions,
+        actual: dict[str, int],
+        rates: dict[str, StageRates],
+        shed_rate: float,
+    ) -> None:
+        p = self.pipeline
+        for d in decisions.stages:
+            metrics.DESIRED.labels(p, d.name).set(d.consumers.desired)
+            metrics.ACTUAL.labels(p, d.name).set(actual.get(d.name, 0))
+            metrics.PARTITIONS.labels(p, d.name).set(rates[d.name].partitions)
+            metrics.LAG.labels(p, d.name).set(rates[d.name].lag)
+            svc = rates[d.name].service_rate
+            if svc is not None:
+                metrics.SERVICE_RATE.labels(p, d.name).set(svc)
+        metrics.SHED_RATE.labels(p).set(shed_rate)
+        metrics.ADMISSION.labels(p).set(self.decider.admission_rate)
+
+    def run(
+        self, stop: Callable[[], bool], *, on_look: Callable[[Look], None] | None = None
+    ) -> None:
+        """Reconcile until ``stop()``; each look says when the next one is due."""
+        while not stop():
+            look = self.reconcile()
+            if on_look is not None:
+                on_look(look)
+            end = time.monotonic() + look.requeue_after
+            while not stop() and time.monotonic() < end:
+                time.sleep(min(0.2, max(0.0, end - time.monotonic())))

@@ -1,0 +1,156 @@
+"""The reconcile loop against a fake observer and actuator, and the observation helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from allocator.decide import AllocatorOptions, Decider
+from allocator.errors import ActuatorError, ObserveError
+from allocator.observe import (
+    Rates,
+    TopicOffsets,
+    WorkerStats,
+    merge,
+    parse_metrics,
+    quantile_from_buckets,
+)
+from allocator.policy import ScalingOptions
+from allocator.reconcile import Reconciler
+
+METRICS = """
+# TYPE jizhi_stage_processing_seconds histogram
+jizhi_stage_processing_seconds_sum{pipeline="p",stage="score"} 2.0
+jizhi_stage_processing_seconds_count{pipeline="p",stage="score"} 10.0
+jizhi_stage_processing_seconds_sum{pipeline="other",stage="score"} 99.0
+# TYPE jizhi_stage_batch_size histogram
+jizhi_stage_batch_size_sum{pipeline="p",stage="score"} 640.0
+jizhi_stage_batch_size_count{pipeline="p",stage="score"} 10.0
+# TYPE jizhi_responses_total counter
+jizhi_responses_total{pipeline="p",status="ok"} 600.0
+jizhi_responses_total{pipeline="p",status="shed"} 40.0
+# TYPE jizhi_request_latency_seconds histogram
+jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.05"} 500.0
+jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.1"} 590.0
+jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="+Inf"} 600.0
+"""
+
+
+def test_parse_metrics_sums_one_pipeline() -> None:
+    s = parse_metrics(METRICS, pipeline="p", at=1.0)
+    assert s.busy_s == {"score": 2.0} and s.events == {"score": 640.0}
+    assert (s.shed, s.answered) == (40.0, 640.0)
+    both = merge([s, s])
+    assert both.events == {"score": 1280.0}
+    assert dict(both.latency_buckets)[0.1] == 1180.0
+
+
+def test_quantile_from_bucket_deltas() -> None:
+    before = ((0.05, 100.0), (0.1, 100.0), (float("inf"), 100.0))
+    after = ((0.05, 190.0), (0.1, 199.0), (float("inf"), 200.0))
+    assert quantile_from_buckets(before, after, 0.5) == 0.05
+    assert quantile_from_buckets(before, after, 0.99) == 0.1
+    assert quantile_from_buckets(after, after, 0.99) is None
+
+
+def test_rates_from_two_looks() -> None:
+    r = Rates()
+    first = [TopicOffsets("score", "t", 0.0, (100, 200), (90, -1))]
+    r.update(first, WorkerStats(0.0, {"score": 0.0}, {"score": 0.0}))
+    second = [TopicOffsets("score", "t", 10.0, (200, 400), (190, 100))]
+    (got,), _, _ = r.update(second, WorkerStats(10.0, {"score": 1000.0}, {"score": 2.0}))
+    assert got.arrival_rate == 30.0 and got.partition_rates == (10.0, 20.0)
+    assert got.lag == 310.0 and got.commit_rate == 20.0
+    assert got.service_rate == 500.0
+
+
+@dataclass
+class FakeWorld:
+    """A broker and an actuator in one: a stage with a fixed arrival rate and service rate."""
+
+    arrival: float = 1000.0
+    partitions: int = 16
+    running: dict[str, int] = field(default_factory=lambda: {"score": 1})
+    scaled: list[tuple[str, int]] = field(default_factory=list)
+    t: float = 0.0
+    end: int = 0
+    fail_observe: bool = False
+
+    def offsets(self) -> list[TopicOffsets]:
+        if self.fail_observe:
+            raise ObserveError("broker down", retriable=True)
+        self.t += 10.0
+        self.end += int(self.arrival * 10)
+        per = self.end // self.partitions
+        return [
+            TopicOffsets("score", "t", self.t, (per,) * self.partitions, (per,) * self.partitions)
+        ]
+
+    def actual(self, stage: str) -> int:
+        return self.running.get(stage, 0)
+
+    def scale(self, stage: str, consumers: int) -> None:
+        self.scaled.append((stage, consumers))
+        self.running[stage] = consumers
+
+    def endpoints(self) -> list[str]:
+        return []
+
+    def stats(self, urls: object) -> WorkerStats:
+        n = self.t / 10.0
+        return WorkerStats(self.t, {"score": 1000.0 * n}, {"score": 10.0 * n})  # 100/s busy
+
+
+def reconciler(world: FakeWorld, **kw: object) -> Reconciler:
+    opts = AllocatorOptions(scaling=ScalingOptions(target_utilisation=0.5, up_step=0.0))
+    return Reconciler(
+        "p",
+        ("score",),
+        world,
+        world,
+        Decider(opts),
+        scrape=world.stats,
+        clock=lambda: world.t,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_scales_to_need_and_acts_only_on_the_difference() -> None:
+    world = FakeWorld()
+    rec = reconciler(world)
+    rec.reconcile()  # first look: no rates yet
+    look = rec.reconcile()
+    assert world.scaled == [("score", 16)]  # 1000/s / (100/s x 0.5) = 20, capped at partitions
+    assert look.decisions is not None
+    assert look.decisions.stages[0].consumers.reason == "capped_by_partitions"
+    assert look.requeue_after == rec.interval_s
+    rec.reconcile()
+    assert world.scaled == [("score", 16)]  # level-based: nothing to do the second time
+
+
+def test_dry_run_decides_but_does_not_act() -> None:
+    world = FakeWorld()
+    rec = reconciler(world, dry_run=True)
+    rec.reconcile()
+    look = rec.reconcile()
+    assert world.scaled == [] and look.acted == ()
+
+
+def test_a_retriable_observe_failure_is_a_look_not_a_crash() -> None:
+    world = FakeWorld(fail_observe=True)
+    look = reconciler(world).reconcile()
+    assert look.error is not None and look.decisions is None
+
+
+def test_a_fatal_actuator_failure_stops_the_loop() -> None:
+    world = FakeWorld()
+
+    def broken(stage: str, n: int) -> None:
+        raise ActuatorError("no such deployment", retriable=False)
+
+    world.scale = broken  # type: ignore[method-assign]
+    rec = reconciler(world)
+    rec.reconcile()
+    with pytest.raises(ActuatorError):
+        rec.reconcile()
