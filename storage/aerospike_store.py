@@ -36,13 +36,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from storage._arrays import as_ids, as_vectors, last_wins, zeros
+from storage._closing import ClosesOnExit
 from storage.breaker import Breaker
 from storage.errors import (
     BackendUnavailableError,
@@ -156,7 +156,7 @@ def _aerospike() -> Any:
     return aerospike
 
 
-class AerospikeStore:
+class AerospikeStore(ClosesOnExit):
     """The Store contract over an Aerospike cluster (see the module docstring).
 
     ``client_factory`` builds a client from the config dict (``aerospike.client`` by default);
@@ -380,14 +380,3 @@ class AerospikeStore:
             with contextlib.suppress(self._errors):
                 self._client.close()
             self._client = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

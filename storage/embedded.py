@@ -29,10 +29,10 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from storage._arrays import as_ids, as_vectors
+from storage._closing import ClosesOnExit
 from storage._files import DirLock, atomic_write, fsync_dir
 from storage._table import IDS, META, VECTORS, Meta, Table, encode_meta, read_meta
 from storage.errors import (
@@ -50,7 +50,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DTYPES = ("float32", "float16")
 
 
-class EmbeddedStore:
+class EmbeddedStore(ClosesOnExit):
     """Tables of embedding rows under one directory (see the module docstring for guarantees).
 
     ``mode="rw"`` creates the directory if needed and takes the writer lock; ``mode="r"`` opens
@@ -209,17 +209,6 @@ class EmbeddedStore:
             self._tables.clear()
             if self._lock is not None:
                 self._lock.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({str(self.path)!r}, mode={self.mode!r})"

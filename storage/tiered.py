@@ -9,17 +9,17 @@ the cache and backend numbers add up without a count taken twice.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from storage._arrays import as_ids
+from storage._closing import ClosesOnExit
 from storage.cache import LocalCache
 from storage.store import Lookup, Store, TableSpec
 
 
-class TieredStore:
+class TieredStore(ClosesOnExit):
     """Reads through the cache, writes through to the backend (and refreshes cached rows).
 
     The tiered store owns both tiers: ``close`` closes the backend and empties the cache.
@@ -79,14 +79,3 @@ class TieredStore:
     def close(self) -> None:
         self.cache.clear()
         self.backend.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

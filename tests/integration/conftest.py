@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pytest
 
 from jizhi import local
+from tests.integration.workerkit import Workers, unique_pipeline, world_root
 
 _HERE = Path(__file__).resolve().parent
 
@@ -102,3 +103,17 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[..., str]:
         return f"{name}.{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small synthetic world for every worker test of the session (generated once)."""
+    return world_root(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def workers(kafka_bootstrap: str, world_dir: Path, tmp_path: Path) -> Iterator[Workers]:
+    """`jizhi worker` processes of a pipeline of the test's own, stopped at its end."""
+    w = Workers(kafka_bootstrap, unique_pipeline("w"), world_dir, tmp_path)
+    yield w
+    w.close()

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,13 +60,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
     reason="the prometheus binary is missing (scripts/system-deps installs Debian's package)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout: float = 5.0) -> Any:
@@ -119,7 +111,7 @@ class Live:
 def _start_prometheus(
     tmp: Path, targets: dict[str, list[str]]
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = workerkit.free_port()
     jobs = "\n".join(
         f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(addrs)}"
         for job, addrs in targets.items()
@@ -191,8 +183,8 @@ def live(
         bootstrap = request.getfixturevalue("kafka_bootstrap")
     except Exception as exc:  # no Java/Maven/broker here: the demo alone still runs
         kafka_skipped = f"no Kafka broker for this session: {exc!r}"[:300]
-    demo_port = _free_port()
-    worker_ports = [_free_port(), _free_port()] if bootstrap else []
+    demo_port = workerkit.free_port()
+    worker_ports = [workerkit.free_port(), workerkit.free_port()] if bootstrap else []
     prom_proc, prom_url = _start_prometheus(
         tmp,
         {

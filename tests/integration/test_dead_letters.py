@@ -15,16 +15,11 @@ import pytest
 
 from jizhi.client import Client
 from stages.events import DeadLetter, Response
-from tests.integration.workerkit import WorkerProc, Workers, unique_pipeline, world_root
+from tests.integration.workerkit import WorkerProc, Workers, unique_pipeline
 
 pytestmark = pytest.mark.integration
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat") or ""
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return world_root(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture(scope="module")

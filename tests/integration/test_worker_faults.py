@@ -19,22 +19,9 @@ from tests.integration.workerkit import (
     Workers,
     publish,
     unique_pipeline,
-    world_root,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return world_root(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture
-def workers(kafka_bootstrap: str, world_dir: Path, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(kafka_bootstrap, unique_pipeline("f"), world_dir, tmp_path)
-    yield w
-    w.close()
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,38 +14,19 @@ from tests.integration.workerkit import (
     WORLD,
     Background,
     Workers,
+    free_port,
     publish,
-    unique_pipeline,
     workload,
-    world_root,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return world_root(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture
-def workers(kafka_bootstrap: str, world_dir: Path, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(kafka_bootstrap, unique_pipeline("w"), world_dir, tmp_path)
-    yield w
-    w.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_five_workers_answer_like_the_embedded_pipeline(
     workers: Workers, kafka_bootstrap: str, world_dir: Path
 ) -> None:
     requests, rate = 1500, 750.0
-    port = _free_port()
+    port = free_port()
     procs = [
         workers.start(stage, *(["--metrics-port", str(port)] if stage == "embed" else []))
         for stage in ("ingest", "features", "embed", "score", "rank")

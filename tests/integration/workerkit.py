@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,14 @@ exactly_once = {exactly_once}
 """
 
 _ASSIGNED = re.compile(r"assigned (\{.*\})")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for a process's --metrics-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def unique_pipeline(prefix: str) -> str:
