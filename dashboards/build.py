@@ -4,8 +4,9 @@
     python dashboards/build.py --check    # exit 1 if a JSON file differs from what this builds
 
 Every query reads only metrics that a jizhi package names in its ``metrics`` module
-(``stages.metrics``, ``storage.metrics``); ``tests/unit/test_dashboard_json.py`` checks that, and
-``tests/integration/test_dashboards.py`` runs every query against a real Prometheus.
+(``stages.metrics``, ``storage.metrics``, ``allocator.metrics``);
+``tests/unit/test_dashboard_json.py`` checks that, and ``tests/integration/test_dashboards.py``
+runs every query against a real Prometheus.
 
 Queries use Grafana's variables ``$pipeline``, ``$stage``, ``$table``, ``$tier`` and
 ``$__rate_interval``; `VARIABLES` lists them so tests can substitute them.
@@ -373,7 +374,8 @@ _MISSES = f"sum by (table, tier) (rate(jizhi_store_misses_total{{{TT}}}{RI}))"
 STORAGE = Dashboard(
     uid="jizhi-storage",
     title="jizhi / Storage",
-    description="Embedding store tiers: hit ratio, lookup latency, bytes held, fallbacks.",
+    description="Embedding store tiers: hit ratio, lookup latency, fallbacks, degraded lookups, "
+    "backend health, bytes held.",
     file="jizhi-storage.json",
     variables=(
         Variable("table", "Table", "label_values(jizhi_store_hits_total, table)", True, True),
@@ -423,6 +425,53 @@ STORAGE = Dashboard(
             ),
         ),
         Row(
+            "Backend health",
+            (
+                Panel(
+                    "Degraded lookups",
+                    "Ids per second answered with zeros because the backend could not be asked "
+                    "in time (unreachable, slow, circuit breaker open), as opposed to ids it has "
+                    "no row for (Fallbacks).",
+                    [
+                        Target(
+                            "sum by (table) "
+                            f'(rate(jizhi_store_degraded_total{{table=~"$table"}}{RI}))',
+                            "{{table}}",
+                        )
+                    ],
+                    "ops",
+                    no_value="0",
+                    thresholds=((0.001, "red"),),
+                ),
+                Panel(
+                    "Backend up",
+                    "1 while a remote backend answers (circuit breaker closed), 0 while its "
+                    "lookups are degraded; the lowest over processes. Empty without a remote "
+                    "backend (the embedded store has none).",
+                    [Target("min by (backend) (jizhi_store_backend_up)", "{{backend}}")],
+                    "none",
+                    maximum=1,
+                    base_color="red",
+                    thresholds=((1, "green"),),
+                ),
+                Panel(
+                    "Backend errors by class",
+                    "Failed backend calls per second by error class: what retries and the "
+                    "circuit breaker absorb.",
+                    [
+                        Target(
+                            f"sum by (backend, error) (rate(jizhi_store_backend_errors_total{RI}))",
+                            "{{backend}} {{error}}",
+                        )
+                    ],
+                    "ops",
+                    no_value="0",
+                    width=24,
+                    thresholds=((0.001, "red"),),
+                ),
+            ),
+        ),
+        Row(
             "Capacity",
             (
                 Panel(
@@ -445,51 +494,64 @@ STORAGE = Dashboard(
 ALLOCATOR = Dashboard(
     uid="jizhi-allocator",
     title="jizhi / Allocator",
-    description="What the allocator observes and acts on: consumers, partitions, lag, shedding.",
+    description="The allocator's own view: desired against actual consumers, partitions, lag, "
+    "service rate, the admission limit it sets, and every decision with its reason.",
     file="jizhi-allocator.json",
     variables=(PIPELINE_VAR, STAGE_VAR),
     rows=(
         Row(
-            "Observed",
+            "Consumers and partitions",
             (
                 Panel(
-                    "Consumers per stage (actual)",
-                    "Processes running each stage, from the stages' own metrics.",
+                    "Desired vs actual consumers",
+                    "Consumers the allocator wants for a stage against those its actuator "
+                    "reports running; 'exporting metrics' counts the worker processes Prometheus "
+                    "scrapes for the stage (differs from 'actual' under --dry-run, or for "
+                    "workers the allocator did not start).",
                     [
+                        Target(
+                            f"max by (stage) (jizhi_allocator_desired_consumers{{{PS}}})",
+                            "desired {{stage}}",
+                        ),
+                        Target(
+                            f"max by (stage) (jizhi_allocator_actual_consumers{{{PS}}})",
+                            "actual {{stage}}",
+                        ),
                         Target(
                             "count by (stage) (group by (stage, instance) "
                             f"(jizhi_stage_queue_depth{{{PS}}}))",
+                            "exporting metrics {{stage}}",
+                        ),
+                    ],
+                    "short",
+                ),
+                Panel(
+                    "Partitions per stage",
+                    "Partitions of each stage's input topic, as the allocator last read them "
+                    "(the ceiling on its consumers).",
+                    [
+                        Target(
+                            f"max by (stage) (jizhi_allocator_partitions{{{PS}}})",
                             "{{stage}}",
                         )
                     ],
                     "short",
                 ),
                 Panel(
-                    "Partitions per topic",
-                    "Partitions with a consumer reporting lag, per topic.",
-                    [
-                        Target(
-                            "count by (topic) (group by (topic, partition) "
-                            f"(jizhi_consumer_lag{{{PS}}}))",
-                            "{{topic}}",
-                        )
-                    ],
-                    "short",
-                ),
-                Panel(
-                    "Total lag per stage",
-                    "The allocator's main input: messages behind, summed over partitions.",
-                    [Target(f"sum by (stage) (jizhi_consumer_lag{{{PS}}})", "{{stage}}")],
+                    "Lag per stage",
+                    "The allocator's main input: end offset minus the group's committed offset, "
+                    "summed over partitions, at its last look.",
+                    [Target(f"max by (stage) (jizhi_allocator_lag{{{PS}}})", "{{stage}}")],
                     "short",
                     thresholds=((1000, "yellow"), (10000, "red")),
                 ),
                 Panel(
-                    "Processing rate per stage",
-                    "Events per second each stage finishes: the capacity the allocator sizes "
-                    "consumers against.",
+                    "Service rate per consumer",
+                    "Events one consumer of a stage finishes per busy second (from the workers "
+                    "the allocator scrapes): the capacity it sizes consumers against.",
                     [
                         Target(
-                            f"sum by (stage) (rate(jizhi_stage_events_total{{{PS}}}{RI}))",
+                            f"max by (stage) (jizhi_allocator_service_rate{{{PS}}})",
                             "{{stage}}",
                         )
                     ],
@@ -501,23 +563,64 @@ ALLOCATOR = Dashboard(
             "Shedding",
             (
                 Panel(
-                    "Admission rate limit",
-                    "Requests/s ingest admits (0 = unlimited).",
-                    [Target(f"max(jizhi_ingest_admission_rate{{{P}}})", "limit")],
+                    "Admission limit",
+                    "Requests/s ingest may admit: the limit the allocator set, and the one "
+                    "ingest reports applying (0 = unlimited).",
+                    [
+                        Target(f"max(jizhi_allocator_admission_rate{{{P}}})", "set by allocator"),
+                        Target(f"max(jizhi_ingest_admission_rate{{{P}}})", "applied at ingest"),
+                    ],
                     "reqps",
                 ),
                 Panel(
                     "Shed rate",
-                    "Requests per second refused by admission control, by the stage that shed "
-                    "them.",
+                    "Requests/s answered 'shed' as the allocator measured them over its last "
+                    "look, and as the stages counted them.",
                     [
+                        Target(f"max(jizhi_allocator_shed_rate{{{P}}})", "allocator's view"),
                         Target(
-                            "sum by (stage) (rate(jizhi_stage_events_total"
-                            f'{{{P}, outcome="shed"}}{RI}))',
-                            "{{stage}}",
-                        )
+                            f'sum(rate(jizhi_stage_events_total{{{P}, outcome="shed"}}{RI}))',
+                            "shed by stages",
+                        ),
                     ],
                     "reqps",
+                ),
+            ),
+        ),
+        Row(
+            "Decisions",
+            (
+                Panel(
+                    "Decisions by stage, action and reason",
+                    "Decisions per rate interval: action consumers, partitions or admission, "
+                    "with the policy's named reason (scale_up_lag, hold, latency_high, ...). "
+                    "Under --dry-run they are counted but not acted on.",
+                    [
+                        Target(
+                            "sum by (stage, action, reason) "
+                            f"(increase(jizhi_allocator_decisions_total{{{PS}}}{RI}))",
+                            "{{stage}} {{action}} {{reason}}",
+                        )
+                    ],
+                    "short",
+                    width=16,
+                    stack=True,
+                ),
+                Panel(
+                    "Allocator errors",
+                    "Looks that failed per rate interval, by phase (observe, act) and whether a "
+                    "retry can help.",
+                    [
+                        Target(
+                            "sum by (phase, retriable) "
+                            f"(increase(jizhi_allocator_errors_total{{{P}}}{RI}))",
+                            "{{phase}} retriable={{retriable}}",
+                        )
+                    ],
+                    "short",
+                    width=8,
+                    no_value="0",
+                    thresholds=((1, "red"),),
                 ),
             ),
         ),

@@ -50,7 +50,7 @@ class TierMetrics:
     per-batch cost to a few increments.
     """
 
-    __slots__ = ("bytes", "fallback", "hits", "lookup", "misses")
+    __slots__ = ("bytes", "degraded", "fallback", "hits", "lookup", "misses")
 
     def __init__(self, table: str, tier: str) -> None:
         self.hits = HITS.labels(table=table, tier=tier)
@@ -58,6 +58,9 @@ class TierMetrics:
         self.lookup = LOOKUP.labels(table=table, tier=tier)
         self.bytes = BYTES.labels(table=table, tier=tier)
         self.fallback = FALLBACK.labels(table=table)
+        # Bound here so every table's series exists at 0 from the start: a dashboard then shows
+        # "no degraded lookups" rather than no data, and rate() sees the first increment.
+        self.degraded = DEGRADED.labels(table=table)
 
     def record(self, found: int, total: int, seconds: float) -> None:
         self.hits.inc(found)

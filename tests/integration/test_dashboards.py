@@ -1,11 +1,13 @@
 """Every dashboard query, run by a real Prometheus against live jizhi processes.
 
 One Prometheus (Debian's ``prometheus`` binary, started here on a free loopback port with a
-temporary config and TSDB, scraping every second) scrapes an embedded ``jizhi demo`` and two
-``jizhi worker`` processes on the session's Kafka broker while traffic flows. Then each panel's
+temporary config and TSDB, scraping every second) scrapes an embedded ``jizhi demo``, two
+``jizhi worker`` processes on the session's Kafka broker and a ``jizhi allocator --dry-run``
+watching the workers' pipeline (a look every second), while traffic flows. Then each panel's
 queries are evaluated through ``/api/v1/query`` with the dashboard variables substituted, once
 per pipeline (the demo's and the workers'), and their values checked: a result, no negative
-numbers, ratios within [0, 1], quantiles in order.
+numbers, ratios within [0, 1], quantiles in order; in the Kafka mode also the allocator's
+panels against what it must have seen (its stages, their partitions, its decisions' labels).
 
 A query whose metric has no series in a mode (consumer lag in the embedded demo, a metric that
 is defined but not yet observed) is listed with the reason, as a warning, and not evaluated; a
@@ -31,10 +33,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from allocator import policy
 from dashboards import build
 from tests.integration import workerkit
 
@@ -45,6 +48,18 @@ VALUES = {"stage": ".+", "table": ".+", "tier": ".+", "__rate_interval": RATE_IN
 DEMO_RATE = 40.0
 KAFKA_RATE = 30.0
 KAFKA_REQUESTS = 360  # 12 s of traffic: enough for the evaluation, short teardown
+# The stages the dry-run allocator watches: the first stage of each worker chain, the ones with
+# a consumer group (features, score and rank are fed in memory inside a worker).
+WORKER_CHAINS = ("ingest,features", "embed,score,rank")
+ALLOCATOR_STAGES = ("ingest", "embed")
+ALLOCATOR_CONFIG = f"""
+stages = {json.dumps(list(ALLOCATOR_STAGES))}
+interval_s = 1.0
+"""
+_ALLOCATOR_ONLY = "exported by `jizhi allocator` only, which runs against the Kafka pipeline"
+_REMOTE_BACKEND = (
+    "exported by a remote store backend (Aerospike) only; these pipelines use the embedded store"
+)
 
 # Why a metric a module defines may have no series in a mode; anything else absent is a failure.
 ABSENT_REASONS = {
@@ -52,9 +67,30 @@ ABSENT_REASONS = {
     "jizhi_kafka_delivery_errors_total": "a series appears only after a failed delivery",
     "jizhi_request_budget_seconds": "defined in stages.metrics but nothing observes it yet",
     "jizhi_ingest_admission_rate": "defined in stages.metrics but nothing sets it yet",
+    "jizhi_allocator_desired_consumers": _ALLOCATOR_ONLY,
+    "jizhi_allocator_actual_consumers": _ALLOCATOR_ONLY,
+    "jizhi_allocator_partitions": _ALLOCATOR_ONLY,
+    "jizhi_allocator_lag": _ALLOCATOR_ONLY,
+    "jizhi_allocator_shed_rate": _ALLOCATOR_ONLY,
+    "jizhi_allocator_admission_rate": _ALLOCATOR_ONLY,
+    "jizhi_allocator_decisions_total": _ALLOCATOR_ONLY,
+    "jizhi_allocator_service_rate": "set from the workers the allocator started and scrapes; a "
+    "--dry-run allocator beside workers it did not start scrapes none",
+    "jizhi_allocator_errors_total": "a series appears only after a failed look",
+    "jizhi_store_backend_up": _REMOTE_BACKEND,
+    "jizhi_store_backend_errors_total": _REMOTE_BACKEND,
 }
 # Metrics whose panels must be evaluated in the Kafka mode.
-KAFKA_ONLY = {"jizhi_consumer_lag"}
+KAFKA_ONLY = {
+    "jizhi_consumer_lag",
+    "jizhi_allocator_desired_consumers",
+    "jizhi_allocator_actual_consumers",
+    "jizhi_allocator_partitions",
+    "jizhi_allocator_lag",
+    "jizhi_allocator_shed_rate",
+    "jizhi_allocator_admission_rate",
+    "jizhi_allocator_decisions_total",
+}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -185,11 +221,13 @@ def live(
         kafka_skipped = f"no Kafka broker for this session: {exc!r}"[:300]
     demo_port = workerkit.free_port()
     worker_ports = [workerkit.free_port(), workerkit.free_port()] if bootstrap else []
+    allocator_port = workerkit.free_port() if bootstrap else None
     prom_proc, prom_url = _start_prometheus(
         tmp,
         {
             "demo": [f"127.0.0.1:{demo_port}"],
             "workers": [f"127.0.0.1:{p}" for p in worker_ports],
+            "allocator": [f"127.0.0.1:{allocator_port}"] if allocator_port else [],
         },
     )
     procs.append(prom_proc)
@@ -223,12 +261,36 @@ def live(
         if bootstrap:
             kafka_pipeline = workerkit.unique_pipeline("dash")
             workers = workerkit.Workers(bootstrap, kafka_pipeline, world_dir, tmp)
-            groups = ("ingest,features", "embed,score,rank")
-            for stages, port in zip(groups, worker_ports, strict=True):
+            for stages, port in zip(WORKER_CHAINS, worker_ports, strict=True):
                 worker = workers.start(stages, "--metrics-port", str(port))
                 logs[f"worker {stages}"] = worker.log
             for worker in workers.procs:
                 worker.wait_assigned(timeout=40)
+            # The allocator decides for the workers' pipeline without acting (--dry-run): it
+            # reads the same broker's offsets and exports what it wants and why. Started once
+            # the workers own their partitions: on topics still electing leaders, its first
+            # look fails with NOT_LEADER_FOR_PARTITION, which it does not treat as retriable.
+            alloc_config = tmp / "allocator.toml"
+            alloc_config.write_text(ALLOCATOR_CONFIG)
+            logs["allocator"] = tmp / "allocator.log"
+            with logs["allocator"].open("wb") as fh:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "jizhi.cli",
+                            "allocator",
+                            *("--bootstrap", bootstrap, "--pipeline", kafka_pipeline),
+                            *("--config", str(workers.config)),
+                            *("--allocator-config", str(alloc_config)),
+                            *("--metrics-port", str(allocator_port), "--dry-run"),
+                        ],
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
             pipeline = kafka_pipeline
             background = workerkit.Background(
                 lambda: workerkit.publish(
@@ -258,6 +320,9 @@ def _wait_for_traffic(
     if kafka:
         checks.append(f'sum(increase(jizhi_responses_total{{pipeline="{kafka}"}}{window}))')
         checks.append(f'count(jizhi_consumer_lag{{pipeline="{kafka}"}})')
+        # the allocator has looked at every stage it watches, and decided something
+        checks.append(f'count(jizhi_allocator_partitions{{pipeline="{kafka}"}})')
+        checks.append(f'count(jizhi_allocator_decisions_total{{pipeline="{kafka}"}})')
     end = time.monotonic() + timeout
     since: float | None = None
     while time.monotonic() < end:
@@ -389,6 +454,22 @@ def _report(mode: str, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def _values(outcomes: list[Outcome], panel: str, ref: str = "A") -> dict[str, float]:
+    """An evaluated query's values by its ``stage`` label (``-`` when it has none)."""
+    (o,) = [o for o in outcomes if o.panel == panel and o.ref == ref]
+    assert not o.skipped and o.values, f"{panel} [{ref}] was not evaluated: {o.skipped}"
+    return {m.get("stage", "-"): v for m, v in o.values}
+
+
+def _no_degraded_lookups(outcomes: list[Outcome]) -> None:
+    """storage.metrics binds jizhi_store_degraded_total{table} with every table's metrics, so
+    the panel has a 0 per table while no backend is down (the embedded store never is)."""
+    (o,) = [o for o in outcomes if o.panel == "Degraded lookups"]
+    assert not o.skipped, o.skipped
+    assert {m["table"] for m, _ in o.values} >= {"users", "items"}, o.values
+    assert all(v == 0 for _, v in o.values), o.values
+
+
 def test_every_panel_evaluates_on_the_embedded_demo(live: Live) -> None:
     outcomes = _evaluate(live, live.demo_pipeline)
     print(_report("the embedded demo", outcomes))
@@ -406,6 +487,7 @@ def test_every_panel_evaluates_on_the_embedded_demo(live: Live) -> None:
     # Every panel not about Kafka or the allocator's inputs had data.
     for o in skipped:
         assert {_family(n) for n in build.metric_names(o.expr)} & set(ABSENT_REASONS), o
+    _no_degraded_lookups(outcomes)
 
 
 def test_every_panel_evaluates_on_kafka_workers(live: Live) -> None:
@@ -431,3 +513,35 @@ def test_every_panel_evaluates_on_kafka_workers(live: Live) -> None:
     consumers = next(o for o in outcomes if o.panel == "Processes running each stage")
     every_stage = ("ingest", "features", "embed", "score", "rank")
     assert {m["stage"]: v for m, v in consumers.values} == dict.fromkeys(every_stage, 1.0)
+    _no_degraded_lookups(outcomes)
+
+    # The allocator's board, against what a --dry-run allocator watching this pipeline's two
+    # consumer groups must have seen and decided.
+    watched = set(ALLOCATOR_STAGES)
+    desired = _values(outcomes, "Desired vs actual consumers", "A")
+    assert desired.keys() == watched and all(v >= 0 and v == int(v) for v in desired.values())
+    actual = _values(outcomes, "Desired vs actual consumers", "B")
+    assert actual == dict.fromkeys(watched, 0.0), actual  # --dry-run: it started nobody
+    exporting = _values(outcomes, "Desired vs actual consumers", "C")
+    assert exporting == dict.fromkeys(every_stage, 1.0), exporting
+    partitions = _values(outcomes, "Partitions per stage")
+    assert partitions == dict.fromkeys(watched, float(workerkit.PARTITIONS)), partitions
+    allocator_lag = _values(outcomes, "Lag per stage")
+    assert allocator_lag.keys() == watched and all(v >= 0 for v in allocator_lag.values())
+    (admission,) = _values(outcomes, "Admission limit", "A").values()
+    (shed,) = _values(outcomes, "Shed rate", "A").values()
+    assert admission >= 0 and shed >= 0
+    (decisions,) = [o for o in outcomes if o.panel == "Decisions by stage, action and reason"]
+    assert decisions.values, "no allocator decision in the window"
+    reasons = {
+        *get_args(policy.ConsumerReason),
+        *get_args(policy.PartitionReason),
+        *get_args(policy.ShedReason),
+    }
+    for labels, _ in decisions.values:
+        assert labels.get("stage") in watched, labels
+        assert labels.get("action") in {"consumers", "partitions", "assignment", "admission"}
+        assert labels.get("reason") in reasons, labels
+    # desired != actual (0) at every look of a dry run, so each stage's consumers are decided
+    decided = {m["stage"] for m, _ in decisions.values if m["action"] == "consumers"}
+    assert decided >= {s for s, n in desired.items() if n > 0}, decisions.values

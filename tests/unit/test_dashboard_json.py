@@ -169,8 +169,40 @@ def test_required_panels_exist() -> None:
         "Hit ratio per tier",
         "Lookup latency per batch",
         "Bytes held per tier",
+        "Degraded lookups",
+        "Backend up",
+        "Backend errors by class",
     } <= titles["jizhi-storage"]
-    assert {"Consumers per stage (actual)", "Partitions per topic"} <= titles["jizhi-allocator"]
+    assert {
+        "Desired vs actual consumers",
+        "Partitions per stage",
+        "Admission limit",
+        "Shed rate",
+        "Decisions by stage, action and reason",
+    } <= titles["jizhi-allocator"]
+
+
+def test_the_allocator_board_reads_the_allocators_own_metrics() -> None:
+    """Desired/actual consumers, partitions, shedding and decisions come from what the allocator
+    exports, not from stand-ins computed out of the stages' metrics."""
+    panels = {p.title: p for row in build.ALLOCATOR.rows for p in row.panels}
+    reads = {
+        title: {n for t in panel.targets for n in build.metric_names(t.expr)}
+        for title, panel in panels.items()
+    }
+    assert {
+        "jizhi_allocator_desired_consumers",
+        "jizhi_allocator_actual_consumers",
+    } <= reads["Desired vs actual consumers"]
+    assert reads["Partitions per stage"] == {"jizhi_allocator_partitions"}
+    assert "jizhi_allocator_admission_rate" in reads["Admission limit"]
+    assert "jizhi_allocator_shed_rate" in reads["Shed rate"]
+    assert reads["Decisions by stage, action and reason"] == {"jizhi_allocator_decisions_total"}
+    (decisions,) = panels["Decisions by stage, action and reason"].targets
+    assert "sum by (stage, action, reason)" in decisions.expr
+    storage = {p.title: p for row in build.STORAGE.rows for p in row.panels}
+    (degraded,) = storage["Degraded lookups"].targets
+    assert build.metric_names(degraded.expr) == {"jizhi_store_degraded_total"}
 
 
 def test_provisioning_points_grafana_at_the_dashboards_and_prometheus() -> None:
