@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from allocator.errors import ObserveError
@@ -102,7 +103,7 @@ class KafkaObserver:
         except KafkaException as exc:
             err = exc.args[0]
             raise ObserveError(
-                f"cannot list topics at {self._where}: {err.str()}", retriable=err.retriable()
+                f"cannot list topics at {self._where}: {err.str()}", retriable=_transient(err)
             ) from exc
         out = []
         for stage, (topic, group) in self._topics.items():
@@ -128,11 +129,35 @@ class KafkaObserver:
                 err = exc.args[0]
                 raise ObserveError(
                     f"cannot read offsets of {topic} (group {group}): {err.str()}",
-                    retriable=err.retriable(),
+                    retriable=_transient(err),
                 ) from exc
             committed = [max(-1, int(got.get((topic, p), -1))) for p in parts]
             out.append(TopicOffsets(stage, topic, self._clock(), tuple(end), tuple(committed)))
         return out
+
+
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _transient(err: KafkaError) -> bool:
+    """Errors a new topic or a moving leader cause for a few seconds: look again later.
+
+    librdkafka does not flag all of them retriable on admin requests (a topic electing its
+    leaders answers NOT_LEADER_FOR_PARTITION), and an allocator must not die of them.
+    """
+    return bool(err.retriable()) or err.code() in _TRANSIENT
 
 
 # -- worker metrics -----------------------------------------------------------------------------
