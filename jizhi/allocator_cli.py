@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     p = args.pipeline or settings.pipeline.name
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port:
-        print(f"metrics: {serve_metrics(port)}", file=sys.stderr)
+        print(f"metrics: {serve_metrics(port, settings.metrics_addr)}", file=sys.stderr)
     topics = {st: (topic_name(p, st), group_id(p, st)) for st in s.stages}
     control = f"jizhi.{p}.control"
     ensure_topics(
@@ -103,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         KafkaObserver(conf, topics),
         actuator,
         Decider(options),
-        scrape=lambda urls: scrape(urls, pipeline=p),
+        # Its own workers' endpoints, plus any given: workers it did not start (compose, a dry run).
+        scrape=lambda urls: scrape([*urls, *args.scrape], pipeline=p),
         deadline_s=settings.pipeline.default_timeout_ms / 1000.0,
         grow_partitions=(lambda st, n: grow_topic(conf, topic_name(p, st), n))
         if s.grow_partitions
@@ -155,6 +156,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--pipeline", default=None, help="pipeline name (from --config, else demo)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port; 0 = off")
+    p.add_argument(
+        "--scrape",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also read this worker /metrics endpoint (repeatable): workers it did not start",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
     p.add_argument("--once", action="store_true", help="one look, then exit")
     p.add_argument("--keep-workers", action="store_true", help="leave the workers running on exit")

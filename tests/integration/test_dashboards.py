@@ -74,8 +74,7 @@ ABSENT_REASONS = {
     "jizhi_allocator_shed_rate": _ALLOCATOR_ONLY,
     "jizhi_allocator_admission_rate": _ALLOCATOR_ONLY,
     "jizhi_allocator_decisions_total": _ALLOCATOR_ONLY,
-    "jizhi_allocator_service_rate": "set from the workers the allocator started and scrapes; a "
-    "--dry-run allocator beside workers it did not start scrapes none",
+    "jizhi_allocator_service_rate": "set once a scraped worker has been busy between two looks",
     "jizhi_allocator_errors_total": "a series appears only after a failed look",
     "jizhi_store_backend_up": _REMOTE_BACKEND,
     "jizhi_store_backend_errors_total": _REMOTE_BACKEND,
@@ -285,6 +284,11 @@ def live(
                             *("--config", str(workers.config)),
                             *("--allocator-config", str(alloc_config)),
                             *("--metrics-port", str(allocator_port), "--dry-run"),
+                            *(
+                                arg
+                                for port in worker_ports
+                                for arg in ("--scrape", f"http://127.0.0.1:{port}/metrics")
+                            ),
                         ],
                         stdout=fh,
                         stderr=subprocess.STDOUT,
