@@ -30,6 +30,7 @@ from jizhi.client import ensure_pipeline_topics, pipeline_topics
 from jizhi.config import STAGE_ORDER, ConfigError, Settings, jizhi_home, load_settings
 from jizhi.synth import World, WorldSpec, ensure_world
 from jizhi.world_args import add_world_args, world_spec
+from stages import metrics
 from stages.admission import Admission
 from stages.codec import EventCodec
 from stages.events import DeadLetter, Event, Response
@@ -37,12 +38,15 @@ from stages.model import RankingModel
 from stages.runtime import BatchPolicy, Chain
 from stages.runtime.kafka import (
     ChainOutputs,
+    ControlFollower,
     Headers,
     KafkaSink,
     KafkaSource,
     Output,
+    PlanControl,
     SharedProducer,
     TransactionalChain,
+    ensure_control_topic,
     group_id,
     topic_name,
 )
@@ -107,7 +111,15 @@ class KafkaWorker:
     ``group.instance.id`` (static membership: a restarted worker takes its partitions back at
     once, while a stopped one keeps them until ``session.timeout.ms``) and, with exactly-once,
     part of the ``transactional.id`` (a restarted worker aborts its predecessor's open
-    transaction instead of leaving readers blocked until ``transaction.timeout.ms``).
+    transaction instead of leaving readers blocked until ``transaction.timeout.ms``), and it is
+    the name the allocator's assignment plans use.
+
+    The worker follows the allocator's control topic ``jizhi.<pipeline>.control`` (read from the
+    beginning before its consumers start, then in a daemon thread): the admission rate goes to
+    ingest's `Admission` (and the ``jizhi_ingest_admission_rate`` gauge); an assignment plan
+    for a chain's first stage makes that chain's source leave the consumer group and follow the
+    plan (not with exactly-once, whose chains stay group members). ``follow_control=False``
+    ignores the topic.
     """
 
     def __init__(
@@ -120,6 +132,7 @@ class KafkaWorker:
         admission: Admission | None = None,
         client_id: str = "jizhi-worker",
         instance: str | None = None,
+        follow_control: bool = True,
     ) -> None:
         self.settings = settings
         self.chains_names = split_chains(stages)
@@ -138,6 +151,23 @@ class KafkaWorker:
         self.transactional: list[TransactionalChain] = []
         decoder = EventCodec()
         tag = instance or uuid.uuid4().hex[:12]
+        if admission is None and "ingest" in stages:
+            pp = settings.pipeline
+            admission = Admission(
+                rate=pp.admission_rate, min_budget_ms=pp.min_budget_ms, clock=time.time
+            )
+        self.admission = admission
+        self.control: ControlFollower | None = None
+        if follow_control:
+            self.control = ControlFollower(
+                conf,
+                ensure_control_topic(conf, p, replication=k.replication),
+                on_admission=self._on_admission,
+            )
+            if not self.control.catch_up():
+                log.warning("control topic of %s not read to its end; following it anyway", p)
+        if admission is not None:
+            metrics.SHED_LEVEL.labels(p).set(admission.rate)
         if not self.exactly_once:
             self.producer = SharedProducer(conf, pipeline=p)
         for names in self.chains_names:
@@ -171,7 +201,15 @@ class KafkaWorker:
                 )
                 continue
             assert self.producer is not None
-            source = KafkaSource(consumer_conf, topic_name(p, first), pipeline=p, stage=first)
+            source = KafkaSource(
+                consumer_conf,
+                topic_name(p, first),
+                pipeline=p,
+                stage=first,
+                control=None
+                if self.control is None
+                else PlanControl(self.control, stage=first, instance=tag, group=group_id(p, first)),
+            )
             built = build_stages(settings, names, store=store, model=model, admission=admission)
             chain = Chain(
                 built,
@@ -192,7 +230,18 @@ class KafkaWorker:
             self.chains.append(chain)
         self._stopped = threading.Event()
 
+    def _on_admission(self, rate: float | None) -> None:
+        """A new admission record (None: deleted, back to the configured rate)."""
+        if self.admission is None:
+            return
+        limit = self.settings.pipeline.admission_rate if rate is None else rate
+        self.admission.set_rate(limit)
+        metrics.SHED_LEVEL.labels(self.settings.pipeline.name).set(self.admission.rate)
+        log.info("admission rate -> %.1f req/s", self.admission.rate)
+
     def start(self) -> None:
+        if self.control is not None:
+            self.control.start()
         for chain in self.chains:
             chain.start()
         for txn in self.transactional:
@@ -229,6 +278,8 @@ class KafkaWorker:
             source.finish(max(1.0, end - time.monotonic()))
         if self.producer is not None:
             self.producer.close(1.0)
+        if self.control is not None:
+            self.control.close()
         if left:
             log.warning("%d outputs undelivered at shutdown; their inputs stay uncommitted", left)
         return drained and not left

@@ -1,15 +1,18 @@
-"""Acting on Kafka itself: growing a stage's input topic, and publishing the admission rate.
+"""Acting on Kafka itself: growing a stage's input topic, and publishing the admission rate and
+assignment plans to the control topic (its records: `stages.runtime.control`).
 
-Both go through the admin API or a producer; nothing here is on a worker's hot path.
+All go through the admin API or a producer; nothing here is on a worker's hot path.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from allocator.errors import ActuatorError
+from stages.runtime.control import AdmissionLimit, AssignmentPlan
+from stages.runtime.kafka import ControlPublisher, TransportError
 
 
 def grow_topic(conf: Mapping[str, Any], topic: str, partitions: int, timeout: float = 30.0) -> None:
@@ -38,17 +41,35 @@ def grow_topic(conf: Mapping[str, Any], topic: str, partitions: int, timeout: fl
 
 class AdmissionPublisher:
     """Publishes the admission limit as the latest record of a compacted control topic
-    (``jizhi.<pipeline>.control``, key ``admission``), where ingest workers can read it."""
+    (``jizhi.<pipeline>.control``, key ``admission``), where ingest workers read it."""
 
     def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
-        from confluent_kafka import Producer  # noqa: PLC0415
-
-        self._producer = Producer({**conf, "linger.ms": 0})
+        self._publisher = ControlPublisher(conf, topic)
         self.topic = topic
 
     def __call__(self, rate: float) -> None:
-        payload = json.dumps({"rate": rate}).encode()
-        self._producer.produce(self.topic, payload, b"admission")
-        left = self._producer.flush(5.0)
-        if left:
-            raise ActuatorError(f"admission rate not delivered to {self.topic}", retriable=True)
+        try:
+            self._publisher.publish(AdmissionLimit(rate), 5.0)
+        except TransportError as exc:
+            raise ActuatorError(str(exc), retriable=exc.retriable) from exc
+
+
+class PlanPublisher:
+    """Publishes a stage's partition assignment (instance -> partitions) to the control topic
+    (key ``assignment/<stage>``). Generations are milliseconds of the wall clock, made strictly
+    increasing: a restarted allocator's next plan still supersedes the last one it published."""
+
+    def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
+        self._publisher = ControlPublisher(conf, topic)
+        self.topic = topic
+        self._last = 0
+
+    def __call__(self, stage: str, owners: Mapping[str, list[int]]) -> int:
+        """Publish; returns the plan's generation."""
+        self._last = max(self._last + 1, int(time.time() * 1000))
+        plan = AssignmentPlan(stage, self._last, {k: sorted(v) for k, v in owners.items()})
+        try:
+            self._publisher.publish(plan, 5.0)
+        except TransportError as exc:
+            raise ActuatorError(str(exc), retriable=exc.retriable) from exc
+        return plan.generation

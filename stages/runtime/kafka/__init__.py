@@ -11,8 +11,19 @@ Exactly-once (optional, `TransactionalChain`): one synchronous loop per chain co
 runs every stage of the chain on it, produces the outputs and commits the input offsets in one
 Kafka transaction. Readers use ``read_committed`` (librdkafka's default), so aborted outputs are
 never seen.
+
+The allocator's control topic (``jizhi.<pipeline>.control``: admission rate, assignment plans,
+workers' claims) is read by `ControlFollower`; with a plan for its stage a source leaves the
+group and follows the plan (see `stages.runtime.control`).
 """
 
+from stages.runtime.kafka.control import (
+    ControlFollower,
+    ControlPublisher,
+    PlanControl,
+    control_topic,
+    ensure_control_topic,
+)
 from stages.runtime.kafka.producer import Encoder, Headers, KafkaSink, SharedProducer
 from stages.runtime.kafka.source import KafkaSource, consume_batch
 from stages.runtime.kafka.topics import (
@@ -27,15 +38,20 @@ from stages.runtime.kafka.transactional import ChainOutputs, Output, Transaction
 __all__ = [
     "REQUESTS_MAX_MESSAGE_BYTES",
     "ChainOutputs",
+    "ControlFollower",
+    "ControlPublisher",
     "Encoder",
     "Headers",
     "KafkaSink",
     "KafkaSource",
     "Output",
+    "PlanControl",
     "SharedProducer",
     "TransactionalChain",
     "TransportError",
     "consume_batch",
+    "control_topic",
+    "ensure_control_topic",
     "ensure_topics",
     "group_id",
     "topic_name",

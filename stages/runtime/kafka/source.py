@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -17,6 +17,10 @@ from stages import metrics
 from stages.runtime.channel import Envelope
 from stages.runtime.kafka.topics import TransportError
 from stages.runtime.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from stages.runtime.control import AssignmentPlan
+    from stages.runtime.kafka.control import PlanControl
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ class KafkaSource:
 
     Only the runner's thread calls ``get_batch`` (and so the rebalance callbacks, which librdkafka
     serves inside ``consume``); tickets may be finished from the producer's thread.
+
+    With ``control`` (the stage's view of the allocator's control topic), once an assignment plan
+    for the stage exists the source leaves the group and follows the plan with a manually
+    assigned consumer (`stages.runtime.control.handover`); without a plan it is a plain
+    cooperative-sticky group member, as without ``control``.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class KafkaSource:
         stage: str,
         idle_wait: float = 0.1,
         revoke_timeout: float = 15.0,
+        control: PlanControl | None = None,
     ) -> None:
         self.topic = topic
         self._stage = stage
@@ -89,7 +99,12 @@ class KafkaSource:
         self.assigned: set[int] = set()
         self.rebalances = 0
         self._lag = _Lag(pipeline, stage, self.assigned)
-        full = {
+        self._control = control
+        self.mode: Literal["group", "plan"] = "group"
+        self.generation: int | None = None
+        """The generation of the assignment plan followed (None: group-managed)."""
+        self._idle_warned = -1
+        self._conf = {
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
             "enable.auto.offset.store": False,
@@ -100,10 +115,24 @@ class KafkaSource:
             "stats_cb": self._lag.on_stats,
             "error_cb": self._on_error,
         }
-        self._consumer = Consumer(full)
-        self._consumer.subscribe(
-            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        if control is not None and control.plan() is not None:
+            self._consumer = self._manual_consumer()
+            self.mode = "plan"
+        else:
+            self._consumer = Consumer(self._conf)
+            self._consumer.subscribe(
+                [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+
+    def _manual_consumer(self) -> Consumer:
+        """Same group id (its committed offsets), never a group member: no static membership,
+        no assignor."""
+        conf = {
+            k: v
+            for k, v in self._conf.items()
+            if k not in ("group.instance.id", "partition.assignment.strategy")
+        }
+        return Consumer(conf)
 
     # -- Source -----------------------------------------------------------------------------
     def get_batch(self, max_items: int, max_wait: float, /) -> list[Envelope] | None:
@@ -112,6 +141,8 @@ class KafkaSource:
         self._store_finished()
         if self._closing.is_set():
             return None
+        if self._control is not None:
+            self._follow_plan(self._control)
         out: list[Envelope] = []
         for msg in consume_batch(self._consumer, max_items, self._idle_wait, max_wait):
             err = msg.error()
@@ -151,6 +182,54 @@ class KafkaSource:
         self._store_finished()
         self._commit(None)
         self._consumer.close()
+        if self.mode == "plan" and self._control is not None:
+            self._control.leave()
+
+    # -- following an assignment plan ------------------------------------------------------------
+    def _follow_plan(self, control: PlanControl) -> None:
+        plan = control.plan()
+        if plan is None:
+            return  # no plan (or it was deleted): keep the current mode and partitions
+        if self.mode == "group":
+            self._leave_group()
+        self.generation = plan.generation
+        step = control.step(plan, self.assigned)
+        if step.release:
+            self._hand_back([TopicPartition(self.topic, p) for p in sorted(step.release)])
+            self.rebalances += 1
+        if step.release or control.claimed != plan.generation:
+            control.claim(plan)
+            step = control.step(plan, self.assigned)
+        if step.take:
+            self._consumer.incremental_assign(
+                [TopicPartition(self.topic, p) for p in sorted(step.take)]
+            )
+            self.assigned.update(step.take)
+            self.rebalances += 1
+            log.info("%s: plan %d: took %s", self._stage, plan.generation, sorted(step.take))
+        self._warn_unnamed(control, plan)
+
+    def _warn_unnamed(self, control: PlanControl, plan: AssignmentPlan) -> None:
+        if control.instance not in plan.owners and self._idle_warned != plan.generation:
+            self._idle_warned = plan.generation
+            log.warning(
+                "%s: assignment plan %d does not name instance %r: idle until one does",
+                self._stage,
+                plan.generation,
+                control.instance,
+            )
+
+    def _leave_group(self) -> None:
+        """From group-managed to planned: hand back everything, leave, reopen unassigned."""
+        held = [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
+        if held:
+            self._hand_back(held, unassign=False)  # a group member may not unassign by itself
+        self._consumer.close()  # may serve one more revoke: nothing left to commit by then
+        self.assigned.clear()
+        self._consumer = self._manual_consumer()
+        self.mode = "plan"
+        self.rebalances += 1
+        log.info("%s: left the consumer group to follow the assignment plan", self._stage)
 
     # -- internals --------------------------------------------------------------------------
     def _store_finished(self) -> None:
@@ -191,7 +270,15 @@ class KafkaSource:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Let the revoked partitions' in-flight events finish, commit them, then hand over."""
         self.rebalances += 1
+        mine = [p for p in partitions if p.partition in self.assigned]
+        if mine:  # none when a planned source's old group consumer closes after handing back
+            self._hand_back(mine, unassign=False)
+
+    def _hand_back(self, partitions: list[TopicPartition], *, unassign: bool = True) -> None:
+        """Stop taking the partitions' messages, let their in-flight events finish, commit, and
+        (``unassign``: outside a rebalance callback) stop fetching them."""
         keys = [(p.topic, p.partition) for p in partitions]
+        self.assigned.difference_update(p.partition for p in partitions)
         end = time.monotonic() + self._revoke_timeout
         while self._tracker.in_flight(keys) and time.monotonic() < end:
             time.sleep(0.005)
@@ -207,7 +294,8 @@ class KafkaSource:
         if offsets:
             self._commit(offsets)
         self._tracker.forget(keys)
-        self.assigned.difference_update(p.partition for p in partitions)
+        if unassign:
+            self._consumer.incremental_unassign(partitions)
         self._lag.drop(partitions)
         log.info("%s: revoked %s", self._stage, sorted(p.partition for p in partitions))
 
