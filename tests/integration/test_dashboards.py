@@ -66,7 +66,8 @@ ABSENT_REASONS = {
     "jizhi_consumer_lag": "exported by Kafka workers only (no consumer in the embedded demo)",
     "jizhi_kafka_delivery_errors_total": "a series appears only after a failed delivery",
     "jizhi_request_budget_seconds": "defined in stages.metrics but nothing observes it yet",
-    "jizhi_ingest_admission_rate": "defined in stages.metrics but nothing sets it yet",
+    "jizhi_ingest_admission_rate": "set by Kafka ingest workers from the control topic; the "
+    "embedded demo has none",
     "jizhi_allocator_desired_consumers": _ALLOCATOR_ONLY,
     "jizhi_allocator_actual_consumers": _ALLOCATOR_ONLY,
     "jizhi_allocator_partitions": _ALLOCATOR_ONLY,
