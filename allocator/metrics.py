@@ -52,6 +52,6 @@ DECISIONS: Final = Counter(
 )
 ERRORS: Final = Counter(
     "jizhi_allocator_errors_total",
-    "Looks that failed, by phase (observe, act) and whether a retry can help.",
+    "Looks that failed, by phase (observe, scrape, act) and whether a retry can help.",
     ["pipeline", "phase", "retriable"],
 )

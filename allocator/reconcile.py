@@ -69,7 +69,6 @@ class Reconciler:
         now = self.clock()
         try:
             offsets = self.observer.offsets()
-            stats = self.scrape(self.actuator.endpoints()) if self.scrape is not None else None
             actual = {s: self.actuator.actual(s) for s in self.stages}
         except (ObserveError, ActuatorError) as exc:
             metrics.ERRORS.labels(self.pipeline, "observe", str(exc.retriable).lower()).inc()
@@ -77,6 +76,7 @@ class Reconciler:
                 raise
             log.warning("observe failed, retrying in %.0f s: %s", self.interval_s, exc)
             return Look(now, (), {}, None, (), self.interval_s, str(exc))
+        stats = self._scrape()
         rates, p99, shed_rate = self._rates.update(offsets, stats)
         by_stage = {r.stage: r for r in rates}
         inputs = [
@@ -105,6 +105,20 @@ class Reconciler:
         acted = self._act(decisions, actual, by_stage)
         self._export(decisions, actual, by_stage, shed_rate)
         return Look(now, tuple(rates), actual, decisions, tuple(acted), self._requeue(decisions))
+
+    def _scrape(self) -> WorkerStats | None:
+        """The workers' counters, or None for this look: they refine the service rate, but the
+        offsets alone are enough to decide on, so a worker answering garbage while it is killed
+        (a truncated exposition, an HTTP error) must not stop the loop. The next good scrape
+        measures across both intervals."""
+        if self.scrape is None:
+            return None
+        try:
+            return self.scrape(self.actuator.endpoints())
+        except Exception as exc:  # any failure only skips a refinement
+            metrics.ERRORS.labels(self.pipeline, "scrape", "true").inc()
+            log.warning("scraping the workers failed, service rates kept: %r", exc)
+            return None
 
     def _requeue(self, decisions: Decisions) -> float:
         """Look again sooner while something is changing (consumers joining, shedding)."""

@@ -149,8 +149,29 @@ def test_a_fatal_actuator_failure_stops_the_loop() -> None:
     def broken(stage: str, n: int) -> None:
         raise ActuatorError("no such deployment", retriable=False)
 
-    world.scale = broken  # type: ignore[method-assign]
+    world.scale = broken  # type: ignore[method-assign,assignment]
     rec = reconciler(world)
     rec.reconcile()
     with pytest.raises(ActuatorError):
         rec.reconcile()
+
+
+def test_a_failing_scrape_skips_the_service_rate_not_the_look() -> None:
+    """A worker killed mid-response (http.client.IncompleteRead is no OSError) must not stop
+    the loop: the look decides on the offsets and the last measured service rate."""
+    world = FakeWorld()
+    rec = reconciler(world)
+    rec.reconcile()
+    rec.reconcile()
+    calls = 0
+
+    def flaky(urls: object) -> WorkerStats:
+        nonlocal calls
+        calls += 1
+        raise ValueError("truncated exposition")
+
+    rec.scrape = flaky
+    look = rec.reconcile()
+    assert calls == 1 and look.error is None and look.decisions is not None
+    assert look.rates[0].service_rate == 100.0
+    assert look.decisions.stages[0].consumers.desired == 16
