@@ -10,7 +10,11 @@ What it acts on:
 - partitions, by growing a stage's input topic (``grow_partitions``; off by default, since growing
   moves keys: see docs/allocator.md);
 - the ingest admission rate, through ``publish_admission`` (a callback: the worker side applies
-  it with `stages.admission.Admission.set_rate`).
+  it with `stages.admission.Admission.set_rate`);
+- the partition assignment, through ``plans`` (named workers only): a load-balanced plan is
+  published when a stage's named consumers change or the standing plan carries the busiest
+  consumer over ``balance`` x the mean at the measured per-partition rates; claims of instances
+  that no longer run are deleted so their partitions are not blocked.
 
 Every decision is logged with its reason and counted in ``jizhi_allocator_decisions_total``.
 """
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from allocator import metrics
 from allocator.actuators import Actuator
@@ -48,6 +53,14 @@ class Look:
     error: str | None = None
 
 
+class Plans(Protocol):
+    """Where assignment plans go (`allocator.actuators.topics.PlanPublisher` on Kafka)."""
+
+    def __call__(self, stage: str, owners: Mapping[str, list[int]]) -> int: ...
+
+    def forget(self, stage: str, instance: str) -> None: ...
+
+
 @dataclass
 class Reconciler:
     pipeline: str
@@ -59,10 +72,14 @@ class Reconciler:
     deadline_s: float | None = None
     grow_partitions: PartitionGrower | None = None
     publish_admission: Callable[[float], None] | None = None
+    plans: Plans | None = None
+    instances: Callable[[str], list[str]] | None = None
+    """The named consumers of a stage (workers started with ``--instance``); plans need them."""
     dry_run: bool = False
     interval_s: float = 10.0
     clock: Callable[[], float] = time.time
     _rates: Rates = field(default_factory=Rates)
+    _owners: dict[str, dict[int, str]] = field(default_factory=dict)
 
     def reconcile(self) -> Look:
         """One look; never raises for a retriable failure (it is logged, counted and retried)."""
@@ -166,6 +183,10 @@ class Reconciler:
                 if not exc.retriable:
                     raise
                 log.warning("scaling %s failed, retried next look: %s", d.name, exc)
+        for d in decisions.stages:
+            done = self._rebalance(d.name, rates[d.name])
+            if done:
+                acted.append(done)
         shed = decisions.shed
         if shed is not None and shed.reason not in ("unlimited", "no_signal", "hold"):
             metrics.DECISIONS.labels(p, self.stages[0], "admission", shed.reason).inc()
@@ -174,6 +195,49 @@ class Reconciler:
                 self.publish_admission(shed.rate)
                 acted.append(f"admission={shed.rate:.0f}")
         return acted
+
+    def _rebalance(self, stage: str, r: StageRates) -> str | None:
+        """Publish a balanced plan for ``stage`` if its named consumers changed or the standing
+        plan is unbalanced at the measured partition rates; the plan moves as few partitions as
+        the balance allows (`allocator.policy.assign_partitions` with the previous owners)."""
+        if self.plans is None or self.instances is None or not r.partitions:
+            return None
+        names = sorted(self.instances(stage))
+        previous = self._owners.get(stage)
+        known = set(previous.values()) if previous else set()
+        if not self.dry_run:
+            for gone in sorted(known - set(names)):
+                self.plans.forget(stage, gone)
+        if not names:
+            return None
+        rates = list(r.partition_rates) + [0.0] * (r.partitions - len(r.partition_rates))
+        if previous is not None and known == set(names) and len(previous) == r.partitions:
+            loads = dict.fromkeys(names, 0.0)
+            for part, owner in previous.items():
+                loads[owner] += rates[part]
+            mean = sum(loads.values()) / len(loads)
+            if mean <= 0 or max(loads.values()) <= self.decider.options.balance * mean:
+                return None
+            reason = "imbalance"
+        else:
+            reason = "first_plan" if previous is None else "consumers_changed"
+        plan = self.decider.assign(rates, names, previous)
+        metrics.DECISIONS.labels(self.pipeline, stage, "assignment", reason).inc()
+        log.info(
+            "%s: assignment over %d consumers (%s, busiest/mean %.2f, %d moved)",
+            stage,
+            len(names),
+            reason,
+            plan.busiest_over_mean(),
+            plan.moved,
+        )
+        if self.dry_run:
+            return None
+        self.plans(stage, plan.owners)
+        self._owners[stage] = {
+            part: owner for owner, parts in plan.owners.items() for part in parts
+        }
+        return f"{stage}:assignment={plan.busiest_over_mean():.2f}"
 
     def _export(
         self,

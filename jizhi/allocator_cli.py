@@ -10,6 +10,7 @@ of their own (see docs/allocator.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -20,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from allocator.actuators.local import LocalActuator, jizhi_worker
-from allocator.actuators.topics import AdmissionPublisher, grow_topic
+from allocator.actuators.local import LocalActuator, instance_name, jizhi_worker
+from allocator.actuators.topics import AdmissionPublisher, PlanPublisher, grow_topic
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import AllocatorConfigError
 from allocator.observe import KafkaObserver, scrape
@@ -40,6 +41,9 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     worker_args: list[str] = []
     grow_partitions: bool = False
     shedding: bool = True
+    assignment: bool = False
+    """Named (static) workers and load-balanced partition plans on the control topic, instead of
+    the group's cooperative-sticky assignor (which balances partition counts, not load)."""
     log_dir: str = ""
     scaling: ScalingOptions = ScalingOptions()
     partitions: PartitionOptions = PartitionOptions()
@@ -91,8 +95,10 @@ def _run(args: argparse.Namespace) -> int:
             pipeline=p,
             config=args.config,
             extra=s.worker_args,
+            static=s.assignment,
         ),
         log_dir=log_dir,
+        names=functools.partial(instance_name, p) if s.assignment else None,
     )
     options = AllocatorOptions(
         scaling=s.scaling, partitions=s.partitions, shed=s.shed, shedding=s.shedding
@@ -110,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         if s.grow_partitions
         else None,
         publish_admission=AdmissionPublisher(conf, control) if s.shedding else None,
+        plans=PlanPublisher(conf, control) if s.assignment else None,
+        instances=actuator.instances,
         dry_run=args.dry_run,
         interval_s=s.interval_s,
     )
@@ -126,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{x.name}={look.actual.get(x.name, 0)}->{x.consumers.desired}({x.consumers.reason})"
             for x in (d.stages if d else ())
         ]
-        print(f"allocator: {' '.join(parts)} next in {look.requeue_after:.0f}s", flush=True)
+        did = f" acted {' '.join(look.acted)}" if look.acted else ""
+        print(f"allocator: {' '.join(parts)}{did} next in {look.requeue_after:.0f}s", flush=True)
 
     try:
         if args.once:

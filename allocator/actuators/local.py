@@ -58,12 +58,18 @@ def jizhi_worker(
             str(port),
         ]
         if static:
-            argv += ["--instance", f"{pipeline}-{stage}-{slot}"]
+            argv += ["--instance", instance_name(pipeline, stage, slot)]
         if config is not None:
             argv += ["--config", str(config)]
         return [*argv, *extra]
 
     return build
+
+
+def instance_name(pipeline: str, stage: str, slot: int) -> str:
+    """The ``--instance`` of a static worker: stable per slot, so a restarted slot is the same
+    member and the same name in assignment plans."""
+    return f"{pipeline}-{stage}-{slot}"
 
 
 def free_port() -> int:
@@ -90,7 +96,11 @@ class LocalActuator:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         stop_timeout: float = 30.0,
+        names: Callable[[str, int], str] | None = None,
     ) -> None:
+        """``names``: (stage, slot) -> the ``--instance`` the command gives that slot, when the
+        workers are static members (needed for assignment plans)."""
+        self._names = names
         self._command = command
         self._log_dir = log_dir
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -148,6 +158,13 @@ class LocalActuator:
     def endpoints(self) -> list[str]:
         self._reap()
         return [f"http://127.0.0.1:{p.port}/metrics" for p in self._procs]
+
+    def instances(self, stage: str) -> list[str]:
+        """Names of the running consumers of ``stage`` (empty unless they are static members)."""
+        self._reap()
+        if self._names is None:
+            return []
+        return [self._names(p.stage, p.slot) for p in self._running(stage)]
 
     def pids(self, stage: str) -> list[int]:
         return [p.popen.pid for p in self._running(stage)]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from allocator.errors import ActuatorError
-from stages.runtime.control import AdmissionLimit, AssignmentPlan
+from stages.runtime.control import AdmissionLimit, AssignmentPlan, claim_key
 from stages.runtime.kafka import ControlPublisher, TransportError
 
 
@@ -63,6 +63,14 @@ class PlanPublisher:
         self._publisher = ControlPublisher(conf, topic)
         self.topic = topic
         self._last = 0
+
+    def forget(self, stage: str, instance: str) -> None:
+        """Delete the claim of an instance that no longer runs (killed, so it could not delete
+        it itself): its partitions would otherwise stay blocked for the others."""
+        try:
+            self._publisher.delete(claim_key(stage, instance), 5.0)
+        except TransportError as exc:
+            raise ActuatorError(str(exc), retriable=exc.retriable) from exc
 
     def __call__(self, stage: str, owners: Mapping[str, list[int]]) -> int:
         """Publish; returns the plan's generation."""

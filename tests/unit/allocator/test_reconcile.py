@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -175,3 +176,70 @@ def test_a_failing_scrape_skips_the_service_rate_not_the_look() -> None:
     assert calls == 1 and look.error is None and look.decisions is not None
     assert look.rates[0].service_rate == 100.0
     assert look.decisions.stages[0].consumers.desired == 16
+
+
+@dataclass
+class SkewedWorld(FakeWorld):
+    """Twelve partitions, a few hot ones (Zipf), and named consumers."""
+
+    names: list[str] = field(default_factory=lambda: ["c0", "c1", "c2"])
+    weights: tuple[float, ...] = tuple(1.0 / (i + 1) for i in range(12))
+
+    def offsets(self) -> list[TopicOffsets]:
+        self.t += 10.0
+        total = sum(self.weights)
+        self.end += int(self.arrival * 10)
+        ends = tuple(int(self.end * w / total) for w in self.weights)
+        return [TopicOffsets("score", "t", self.t, ends, ends)]
+
+    def instances(self, stage: str) -> list[str]:
+        return list(self.names)
+
+
+@dataclass
+class PlanLog:
+    published: list[dict[str, list[int]]] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+
+    def __call__(self, stage: str, owners: Mapping[str, list[int]]) -> int:
+        self.published.append({k: list(v) for k, v in owners.items()})
+        return len(self.published)
+
+    def forget(self, stage: str, instance: str) -> None:
+        self.forgotten.append(instance)
+
+
+def _imbalance(owners: Mapping[str, list[int]], rates: Sequence[float]) -> float:
+    loads = [sum(rates[p] for p in parts) for parts in owners.values()]
+    return max(loads) / (sum(loads) / len(loads))
+
+
+def test_named_consumers_get_a_balanced_plan_republished_only_when_needed() -> None:
+    world = SkewedWorld(partitions=12, running={"score": 3})
+    plans = PlanLog()
+    rec = reconciler(world, plans=plans, instances=world.instances)
+    rec.reconcile()  # no rates yet: a first plan that only spreads partitions
+    assert len(plans.published) == 1 and set(plans.published[0]) == {"c0", "c1", "c2"}
+    look = rec.reconcile()  # now the measured rates show the skew: rebalance
+    rates = look.rates[0].partition_rates
+    assert _imbalance(plans.published[-1], rates) <= 1.2
+    assert sorted(p for parts in plans.published[-1].values() for p in parts) == list(range(12))
+    before = len(plans.published)
+    rec.reconcile()
+    rec.reconcile()
+    assert len(plans.published) == before  # level-based: a balanced plan stands
+
+    world.names = ["c0", "c2"]  # c1 was killed: its claim is deleted, its share moves
+    rec.reconcile()
+    assert plans.forgotten == ["c1"]
+    assert set(plans.published[-1]) == {"c0", "c2"}
+    assert sorted(p for parts in plans.published[-1].values() for p in parts) == list(range(12))
+
+
+def test_without_named_consumers_no_plan_is_published() -> None:
+    world = SkewedWorld(partitions=12, running={"score": 3}, names=[])
+    plans = PlanLog()
+    rec = reconciler(world, plans=plans, instances=world.instances)
+    rec.reconcile()
+    rec.reconcile()
+    assert plans.published == [] and plans.forgotten == []
