@@ -18,7 +18,8 @@ from storage import ResultCache
 
 
 class Score(BaseStage):
-    """Attaches ``scores`` (one per candidate) from the ranking model."""
+    """Attaches ``scores`` (one per candidate) from the ranking model, and drops the user and
+    item vectors it consumed."""
 
     name = "score"
 
@@ -59,7 +60,11 @@ class Score(BaseStage):
                 scores = self._model.score_towers(u, items, counts)
             start = 0
             for i, e, n in zip(ready, events, counts.tolist(), strict=True):
-                out[i] = msgspec.structs.replace(e, scores=scores[start : start + n])
+                # The inputs are spent: dropping them keeps the event sent on to rank ~10x
+                # smaller (200 x 32 floats are most of its bytes).
+                out[i] = msgspec.structs.replace(
+                    e, scores=scores[start : start + n], user_vec=None, item_vecs=None
+                )
                 start += n
         return [r for r in out if r is not None]
 

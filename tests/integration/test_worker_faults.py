@@ -84,6 +84,8 @@ def test_kill_9_with_exactly_once_answers_each_request_once(
         "400",
         "--timeout-ms",
         "60000",
+        "--warmup-s",
+        "0",
         "--answer-timeout",
         "60",
         "--partitions",

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from jizhi.demo import DemoOptions, run_demo
+from jizhi.publish import NotReadyError, PublishOptions, run_publish
 from tests.integration.workerkit import (
     WORLD,
     Background,
     Workers,
     free_port,
     publish,
+    unique_pipeline,
     workload,
 )
 
@@ -106,3 +108,19 @@ def test_a_worker_joining_and_leaving_loses_nothing(workers: Workers, kafka_boot
     assert embed.wait_assigned(lambda a: len(a["embed"]) == 4), workers.logs()
     for p in first:
         assert p.terminate() == 0, workers.logs()
+
+
+def test_publish_says_when_no_worker_answers(kafka_bootstrap: str, world_dir: Path) -> None:
+    """Before its clock starts, `jizhi publish` proves the pipeline answers; with no workers it
+    fails fast with a reason instead of reporting every request expired."""
+    opts = PublishOptions(
+        bootstrap=kafka_bootstrap,
+        pipeline=unique_pipeline("idle"),
+        world=WORLD,
+        workload=workload(10),
+        warmup=3,
+        ready_timeout_s=3.0,
+        progress=False,
+    )
+    with pytest.raises(NotReadyError, match="jizhi worker"):
+        run_publish(opts)
