@@ -83,9 +83,16 @@ class TransactionalChain:
         decode_first: Callable[[Any], Any] | None = None,
         idle_wait: float = 0.1,
         timeout: float = 30.0,
+        transaction_max: int = 1024,
+        transaction_window_s: float = 0.02,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """A transaction takes up to ``transaction_max`` messages or what arrives within
+        ``transaction_window_s`` after the first: a commit costs a broker round trip per
+        partition, so one per micro-batch of 64 spent most of the time committing."""
         self.topic = topic
+        self._txn_max = max(1, transaction_max)
+        self._txn_window = transaction_window_s
         self._make_stages = make_stages
         self._outputs = outputs
         self._pipeline = pipeline
@@ -158,11 +165,10 @@ class TransactionalChain:
                 on_lost=self._on_revoke,
             )
             self._open_stages()
-            wait = self._policy.max_wait_ms / 1000.0
+            wait = max(self._policy.max_wait_ms / 1000.0, self._txn_window)
+            size = max(self._policy.max_size, self._txn_max)
             while not self._stop.is_set():
-                msgs = self._take(
-                    consume_batch(self._consumer, self._policy.max_size, self._idle_wait, wait)
-                )
+                msgs = self._take(consume_batch(self._consumer, size, self._idle_wait, wait))
                 if not msgs:
                     continue
                 try:
@@ -241,10 +247,11 @@ class TransactionalChain:
         producer = self._producer
         producer.begin_transaction()
         try:
+            step = self._policy.max_size  # the stages still see micro-batches of their size
             for i, runner in enumerate(self._runners):
                 items = batch if i == 0 else self._collect[i - 1].take()
-                if items:
-                    runner.handle(items)
+                for j in range(0, len(items), step):
+                    runner.handle(items[j : j + step])
             out = self._outputs
             if out.forward is not None:
                 self._produce(out.forward, self._collect[-1].take())
