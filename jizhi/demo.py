@@ -55,7 +55,6 @@ class DemoResult:
     world: World
     published: int
     error: BaseException | None = None
-    stage_depths: dict[str, int] = field(default_factory=dict)
 
 
 class _Publisher(threading.Thread):

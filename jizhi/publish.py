@@ -272,11 +272,7 @@ def _run(args: argparse.Namespace) -> int:
             ready_timeout_s=args.ready_timeout,
         )
     )
-    # The workers' cache hit ratio is theirs (see their metrics), not the publisher's.
-    table = "\n".join(
-        line for line in format_summary(result.summary).splitlines() if "cache hit" not in line
-    )
-    print(table)
+    print(format_summary(result.summary))  # no cache row: that ratio is in the workers
     s = result.summary
     cl = s["client_latency_ms"]
     sys.stdout.flush()

@@ -80,7 +80,6 @@ class _Encoders:
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._json = msgspec.json.Encoder()
 
     def _codec(self) -> EventCodec:
         codec: EventCodec | None = getattr(self._local, "codec", None)
