@@ -43,11 +43,17 @@ class AllocatorOptions:
     """How far ahead the forecast from history looks (at least a consumer's start-up time)."""
     forecast_band: tuple[float, float] = (0.8, 1.25)
     """A forecast is scaled by today's level against history, clipped to this band."""
+    service_smoothing: float = 0.2
+    """Weight of the newest service-rate measurement in its moving average. A consumer's
+    capacity changes slowly, but one look's measurement is noisy, and the scale-down window
+    keeps the highest need it saw: unsmoothed, a 5% noise held ~3% extra consumers."""
 
     def validate(self) -> None:
         self.scaling.validate()
         if self.balance < 1.0:
             raise ValueError("balance: must be >= 1.0")
+        if not 0.0 < self.service_smoothing <= 1.0:
+            raise ValueError("service_smoothing: must be in (0, 1]")
         if self.partitions.headroom < 1.0 or self.partitions.max_partitions < 1:
             raise ValueError("partitions: headroom >= 1 and max_partitions >= 1")
 
@@ -99,6 +105,8 @@ class Decider:
     _shed: ShedState = field(default_factory=ShedState)
     _last: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     """Per stage: (time, arrival rate, smoothed trend) of the previous look."""
+    _service: dict[str, float] = field(default_factory=dict)
+    """Per stage: the smoothed per-consumer service rate."""
 
     @property
     def admission_rate(self) -> float:
@@ -122,7 +130,7 @@ class Decider:
             load = StageLoad(
                 arrival_rate=st.arrival_rate,
                 lag=st.lag,
-                service_rate=st.service_rate,
+                service_rate=self._service_rate(st.name, st.service_rate),
                 partitions=st.partitions,
                 forecast_rate=forecast,
                 trend=self._trend(st.name, now, st.arrival_rate),
@@ -134,7 +142,9 @@ class Decider:
         shed: ShedDecision | None = None
         # What the pipeline can complete: its slowest stage at full speed (falling back to what
         # it did complete while a stage is unmeasured).
-        measured = [st.consumers * st.service_rate for st in stages if st.service_rate]
+        measured = [
+            st.consumers * self._service[st.name] for st in stages if st.name in self._service
+        ]
         capacity = min(measured) if len(measured) == len(stages) and measured else completed_rate
         if self.options.shedding and deadline_s is not None:
             self._shed, shed = shed_step(
@@ -146,6 +156,16 @@ class Decider:
                 opts=self.options.shed,
             )
         return Decisions(tuple(out), shed)
+
+    def _service_rate(self, stage: str, measured: float | None) -> float | None:
+        """A moving average of the measurements; the last average while none comes."""
+        old = self._service.get(stage)
+        if measured is None or measured <= 0:
+            return old
+        a = self.options.service_smoothing
+        new = measured if old is None else (1.0 - a) * old + a * measured
+        self._service[stage] = new
+        return new
 
     def _trend(self, stage: str, now: float, rate: float) -> float:
         """The arrival rate's slope, smoothed over a few looks so noise does not drive it."""

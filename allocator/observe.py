@@ -270,11 +270,10 @@ class StageRates:
 class Rates:
     """Turns successive looks into rates; remembers only the previous look."""
 
-    def __init__(self, *, smoothing: float = 0.5) -> None:
+    def __init__(self) -> None:
         self._prev: dict[str, TopicOffsets] = {}
         self._prev_stats: WorkerStats | None = None
         self._service: dict[str, float] = {}
-        self._smoothing = smoothing
 
     def update(
         self, offsets: Sequence[TopicOffsets], stats: WorkerStats | None
@@ -304,10 +303,9 @@ class Rates:
                 de = stats.events.get(o.stage, 0.0) - prev_stats.events.get(o.stage, 0.0)
                 db = stats.busy_s.get(o.stage, 0.0) - prev_stats.busy_s.get(o.stage, 0.0)
                 if de > 0 and db > 0:
-                    rate = de / db
-                    old = self._service.get(o.stage)
-                    a = self._smoothing
-                    self._service[o.stage] = rate if old is None else a * old + (1 - a) * rate
+                    # This interval's measurement, raw: the decider smooths it (for the
+                    # simulator's sake too); an idle interval keeps the last one.
+                    self._service[o.stage] = de / db
             out.append(
                 StageRates(
                     o.stage,

@@ -33,6 +33,8 @@ OPTS = ScalingOptions(
     tolerance=0.1,
     lookahead_s=0.0,
     up_step=0.0,
+    trend_floor=0.0,
+    in_flight_s=0.0,
 )
 
 
@@ -110,6 +112,20 @@ def test_trend_projects_a_rising_rate() -> None:
     assert d.need == pytest.approx((100 + 100) / 50)
 
 
+def test_a_rise_within_noise_is_not_extrapolated() -> None:
+    """0.4%/s of the rate is the floor: 0.3/s on 100/s is noise, 0.5/s a real rise."""
+    opts = replace(OPTS, lookahead_s=20.0, trend_floor=0.004)
+    assert consumers_needed(load(100, trend=0.3), opts) == pytest.approx(100 / 50)
+    assert consumers_needed(load(100, trend=0.5), opts) == pytest.approx(110 / 50)
+
+
+def test_lag_of_events_in_flight_is_no_backlog() -> None:
+    """A stage keeping up at 100/s shows ~1 s of arrivals as lag: nothing to drain."""
+    opts = replace(OPTS, in_flight_s=1.0)
+    assert consumers_needed(load(100, lag=100), opts) == pytest.approx(100 / 50)
+    assert consumers_needed(load(100, lag=1100), opts) == pytest.approx((100 + 100) / 50)
+
+
 def test_up_step_adds_at_least_a_fraction() -> None:
     opts = replace(OPTS, up_step=0.5)
     _, d = decide_consumers(ScalerState(10), load(550), 0.0, opts)
@@ -129,6 +145,8 @@ def test_scale_down_waits_for_the_window_then_goes_to_its_maximum() -> None:
 def test_options_validate() -> None:
     with pytest.raises(ValueError, match="target_utilisation"):
         ScalingOptions(target_utilisation=0).validate()
+    with pytest.raises(ValueError, match="trend_floor"):
+        ScalingOptions(trend_floor=-1).validate()
     ScalingOptions().validate()
 
 
@@ -226,6 +244,17 @@ def test_a_new_consumer_takes_only_what_balance_needs() -> None:
     assert len(a.owners["c"]) == 4 and a.moved == 4
 
 
+def test_a_new_consumer_gets_a_full_share_however_many_there_were() -> None:
+    """From 10 to 11 consumers each old one carries 1.1x the new mean, inside balance 1.2: a
+    sticky rule that let them keep it would leave the new consumer idle."""
+    rates = [1.0] * 110
+    prev = {p: f"c{p % 10:02d}" for p in range(110)}
+    names = [f"c{i:02d}" for i in range(11)]
+    a = assign_partitions(rates, names, prev, balance=1.2)
+    assert len(a.owners["c10"]) == 10 and a.moved == 10
+    assert a.busiest_over_mean() == 1.0
+
+
 def test_partitions_of_a_departed_consumer_move_and_count() -> None:
     prev = {0: "a", 1: "b", 2: "gone", 3: "gone"}
     a = assign_partitions([1.0] * 4, ["a", "b"], prev)
@@ -263,6 +292,9 @@ def test_assignment_balance_bound(
     assert busiest <= max(balance * mean, mean + max(r)) + 1e-6
     if max(r) <= (balance - 1) * mean:
         assert busiest <= balance * mean + 1e-6
+    owned_before = {prev[p] for p in prev} & set(names)
+    for n in set(names) - owned_before:  # a newcomer gets a share, less at most one partition
+        assert a.loads[n] >= mean - max(r) - 1e-6
 
 
 # -- shedding ----------------------------------------------------------------------------------

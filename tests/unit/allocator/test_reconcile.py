@@ -66,6 +66,28 @@ def test_rates_from_two_looks() -> None:
     assert got.service_rate == 500.0
 
 
+def test_the_decider_smooths_service_rates_and_keeps_the_last_one() -> None:
+    """A noisy measurement moves the estimate by its weight; a look without one keeps it."""
+    from allocator.decide import StageInput  # noqa: PLC0415
+
+    opts = AllocatorOptions(
+        scaling=ScalingOptions(target_utilisation=1.0, in_flight_s=0.0, lookahead_s=0.0),
+        service_smoothing=0.2,
+        shedding=False,
+    )
+    d = Decider(opts)
+
+    def need(rate: float | None, at: float) -> float:
+        got = d.decide(at, [StageInput("score", 64, 1, 1200.0, 0.0, rate)])
+        return got.stages[0].consumers.need
+
+    assert need(100.0, 0.0) == pytest.approx(12.0)
+    assert need(200.0, 10.0) == pytest.approx(10.0)  # 0.8 x 100 + 0.2 x 200 = 120
+    assert need(None, 20.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="service_smoothing"):
+        AllocatorOptions(service_smoothing=0.0).validate()
+
+
 @dataclass
 class FakeWorld:
     """A broker and an actuator in one: a stage with a fixed arrival rate and service rate."""
