@@ -157,6 +157,10 @@ class Decider:
             )
         return Decisions(tuple(out), shed)
 
+    def service_rate(self, stage: str) -> float | None:
+        """The smoothed per-consumer service rate of ``stage``, None until measured."""
+        return self._service.get(stage)
+
     def _service_rate(self, stage: str, measured: float | None) -> float | None:
         """A moving average of the measurements; the last average while none comes."""
         old = self._service.get(stage)

@@ -104,6 +104,13 @@ def plan_split(by_stage: Mapping[str, Curve], budget: int) -> Split:
             key=lambda t: (_value(by_stage[t], split[t] + 1) - _value(by_stage[t], split[t]), t),
         )
         split[s] += 1
+    # Then each stage keeps only what the bottleneck's throughput needs: the rest of the budget
+    # would idle (a flat curve, or a stage already faster than the bottleneck).
+    top = evaluate(split, by_stage).throughput
+    for t in stages:
+        split[t] = next(
+            (n for n in range(1, split[t] + 1) if _value(by_stage[t], n) >= top - 1e-9), split[t]
+        )
     return evaluate(split, by_stage)
 
 

@@ -11,6 +11,9 @@ What it acts on:
   moves keys: see docs/allocator.md);
 - the ingest admission rate, through ``publish_admission`` (a callback: the worker side applies
   it with `stages.admission.Admission.set_rate`);
+- the forecast: with a ``history``, every look is recorded, and the ingest rate the recorded days
+  saw at this time of day (and within ``forecast_lead_s``) is passed to the decider, so a wave that
+  comes every evening is met before its lag shows;
 - the partition assignment, through ``plans`` (named workers only): a load-balanced plan is
   published when a stage's named consumers change or the standing plan carries the busiest
   consumer over ``balance`` x the mean at the measured per-partition rates; claims of instances
@@ -29,8 +32,9 @@ from typing import Protocol
 
 from allocator import metrics
 from allocator.actuators import Actuator
-from allocator.decide import Decider, Decisions, StageInput
+from allocator.decide import Decider, Decisions, StageInput, forecast_rate
 from allocator.errors import ActuatorError, ObserveError
+from allocator.history import History, Record
 from allocator.observe import Observer, Rates, StageRates, WorkerStats
 
 log = logging.getLogger(__name__)
@@ -75,11 +79,14 @@ class Reconciler:
     plans: Plans | None = None
     instances: Callable[[str], list[str]] | None = None
     """The named consumers of a stage (workers started with ``--instance``); plans need them."""
+    history: History | None = None
+    """Where looks are recorded and the forecast read from; None: neither."""
     dry_run: bool = False
     interval_s: float = 10.0
     clock: Callable[[], float] = time.time
     _rates: Rates = field(default_factory=Rates)
     _owners: dict[str, dict[int, str]] = field(default_factory=dict)
+    _measuring: bool = False
 
     def reconcile(self) -> Look:
         """One look; never raises for a retriable failure (it is logged, counted and retried)."""
@@ -112,6 +119,7 @@ class Reconciler:
         decisions = self.decider.decide(
             now,
             inputs,
+            forecast=self._forecast(now, ingest),
             p99_s=p99,
             deadline_s=self.deadline_s,
             completed_rate=by_stage[self.stages[-1]].commit_rate
@@ -121,7 +129,46 @@ class Reconciler:
         )
         acted = self._act(decisions, actual, by_stage)
         self._export(decisions, actual, by_stage, shed_rate)
+        self._record(now, actual, rates)
         return Look(now, tuple(rates), actual, decisions, tuple(acted), self._requeue(decisions))
+
+    def _forecast(self, now: float, ingest: StageRates | None) -> float | None:
+        """The rate history expects soon, or None (no history, or nothing recorded then)."""
+        if self.history is None or ingest is None:
+            return None
+        opts = self.decider.options
+        try:
+            then, ahead = self.history.forecast(ingest.stage, now, opts.forecast_lead_s)
+        except OSError as exc:
+            metrics.ERRORS.labels(self.pipeline, "history", "true").inc()
+            log.warning("reading history failed, no forecast this look: %s", exc)
+            return None
+        return forecast_rate(then, ahead, ingest.arrival_rate, opts.forecast_band)
+
+    def _record(self, now: float, actual: Mapping[str, int], rates: Sequence[StageRates]) -> None:
+        if self.history is None:
+            return
+        if not self._measuring:  # the first look has offsets but no rates yet: not a sample
+            self._measuring = True
+            return
+        try:
+            self.history.record(
+                [
+                    Record(
+                        now,
+                        r.stage,
+                        actual.get(r.stage, 0),
+                        r.arrival_rate,
+                        r.commit_rate,
+                        r.lag,
+                        self.decider.service_rate(r.stage),
+                    )
+                    for r in rates
+                ]
+            )
+        except OSError as exc:  # a full disk must not stop the scaling
+            metrics.ERRORS.labels(self.pipeline, "history", "true").inc()
+            log.warning("recording history failed: %s", exc)
 
     def _scrape(self) -> WorkerStats | None:
         """The workers' counters, or None for this look: they refine the service rate, but the
@@ -252,7 +299,7 @@ class Reconciler:
             metrics.ACTUAL.labels(p, d.name).set(actual.get(d.name, 0))
             metrics.PARTITIONS.labels(p, d.name).set(rates[d.name].partitions)
             metrics.LAG.labels(p, d.name).set(rates[d.name].lag)
-            svc = rates[d.name].service_rate
+            svc = self.decider.service_rate(d.name)
             if svc is not None:
                 metrics.SERVICE_RATE.labels(p, d.name).set(svc)
         metrics.SHED_RATE.labels(p).set(shed_rate)

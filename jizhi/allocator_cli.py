@@ -12,20 +12,24 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import signal
 import sys
 import threading
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from allocator.actuators.compose import ComposeActuator
 from allocator.actuators.local import LocalActuator, instance_name, jizhi_worker
 from allocator.actuators.topics import AdmissionPublisher, PlanPublisher, grow_topic
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import AllocatorConfigError
+from allocator.history import History
 from allocator.observe import KafkaObserver, scrape
+from allocator.planner import curves, evaluate, plan_split, proportional_split
 from allocator.policy import PartitionOptions, ScalingOptions, ShedOptions
 from allocator.reconcile import Look, Reconciler
 from jizhi.config import STAGE_ORDER, jizhi_home, load_settings
@@ -35,7 +39,24 @@ from stages.runtime.kafka import ensure_topics, group_id, topic_name
 log = logging.getLogger(__name__)
 
 
+class ComposeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """For ``actuator = "compose"`` (allocator/actuators/compose.py)."""
+
+    project_dir: str = "compose"
+    project: str = ""
+    files: list[str] = []
+    services: dict[str, str] = {}
+    """stage -> compose service; default: the ``worker-<stage>...`` service running it."""
+    docker: str = "docker"
+    timeout_s: float = 120.0
+    metrics_port: int = 0
+    """The workers' metrics port if they publish it on the host (0: Prometheus scrapes them)."""
+
+
 class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actuator: Literal["local", "compose"] = "local"
+    """What starts and stops consumers: `jizhi worker` processes here, or a compose service's
+    replicas (``[compose]``)."""
     stages: list[str] = msgspec.field(default_factory=lambda: list(STAGE_ORDER))
     interval_s: float = 10.0
     worker_args: list[str] = []
@@ -45,9 +66,15 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     """Named (static) workers and load-balanced partition plans on the control topic, instead of
     the group's cooperative-sticky assignor (which balances partition counts, not load)."""
     log_dir: str = ""
+    history: bool = True
+    """Record every look and forecast from the same time on earlier days (allocator/history.py)."""
+    history_dir: str = ""
+    """Default: $JIZHI_HOME/allocator/<pipeline>/history."""
+    history_days: int = 7
     scaling: ScalingOptions = ScalingOptions()
     partitions: PartitionOptions = PartitionOptions()
     shed: ShedOptions = ShedOptions()
+    compose: ComposeSettings = ComposeSettings()
 
 
 def load(path: Path | None) -> AllocatorSettings:
@@ -67,15 +94,87 @@ def load(path: Path | None) -> AllocatorSettings:
         settings.scaling.validate()
     except ValueError as exc:
         raise AllocatorConfigError(f"{path}: scaling: {exc}") from exc
+    if settings.actuator == "compose" and settings.assignment:
+        # Plans name their workers; compose replicas are anonymous dynamic group members.
+        raise AllocatorConfigError(f'{path}: assignment = true needs actuator = "local"')
+    stray = sorted(set(settings.compose.services) - set(settings.stages))
+    if stray:
+        raise AllocatorConfigError(f"{path}: compose.services: not in stages: {stray}")
     return settings
+
+
+def _actuator(
+    s: AllocatorSettings, args: argparse.Namespace, pipeline: str
+) -> LocalActuator | ComposeActuator:
+    if s.actuator == "compose":
+        c = s.compose
+        return ComposeActuator(
+            Path(c.project_dir),
+            services=c.services or None,
+            project=c.project or None,
+            files=c.files,
+            docker=c.docker,
+            timeout_s=c.timeout_s,
+            metrics_port=c.metrics_port or None,
+        )
+    return LocalActuator(
+        jizhi_worker(
+            bootstrap=args.bootstrap,
+            pipeline=pipeline,
+            config=args.config,
+            extra=s.worker_args,
+            static=s.assignment,
+        ),
+        log_dir=Path(s.log_dir) if s.log_dir else jizhi_home() / "allocator" / pipeline,
+        names=functools.partial(instance_name, pipeline) if s.assignment else None,
+    )
+
+
+def _history(s: AllocatorSettings, pipeline: str) -> History:
+    default = jizhi_home() / "allocator" / pipeline / "history"
+    return History(Path(s.history_dir) if s.history_dir else default, days=s.history_days)
+
+
+def _plan(s: AllocatorSettings, pipeline: str, cores: int) -> int:
+    """Print the planner's split of ``cores`` consumers from the recorded history, against the
+    proportional split, and the throughput each would reach."""
+    history = _history(s, pipeline)
+    samples = history.samples(in_flight_s=s.scaling.in_flight_s)
+    by_stage = curves(samples, up_to=cores)
+    missing = [st for st in s.stages if st not in by_stage]
+    if missing:
+        print(
+            f"allocator: no backlogged looks recorded for {', '.join(missing)} in "
+            f"{history.directory}; run the allocator through a busy period first",
+            file=sys.stderr,
+        )
+        return 2
+    stages = {st: by_stage[st] for st in s.stages}
+    best = plan_split(stages, cores)
+    prop = evaluate(proportional_split({st: c[1] for st, c in stages.items()}, cores), stages)
+    print(f"history: {len(samples)} backlogged looks in {history.directory}")
+    print(f"{'stage':<10} {'planned':>8} {'proportional':>13}   one-consumer events/s")
+    for st in s.stages:
+        print(f"{st:<10} {best.consumers[st]:>8} {prop.consumers[st]:>13}   {stages[st][1]:,.0f}")
+    ratio = best.throughput / prop.throughput if prop.throughput else math.inf
+    print(
+        f"throughput: planned {best.throughput:,.0f}/s, proportional {prop.throughput:,.0f}/s "
+        f"({ratio:.2f}x)"
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     s = load(args.allocator_config)
     settings = load_settings(args.config)
+    p = args.pipeline or settings.pipeline.name
+    if args.plan is not None:
+        return _plan(s, p, args.plan)
+    if not args.bootstrap:
+        print("allocator: --bootstrap is required (except with --plan)", file=sys.stderr)
+        return 2
     kafka = msgspec.structs.replace(settings.kafka, bootstrap=args.bootstrap)
     conf: dict[str, Any] = dict(kafka.client_conf())
-    p = args.pipeline or settings.pipeline.name
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port:
         print(f"metrics: {serve_metrics(port, settings.metrics_addr)}", file=sys.stderr)
@@ -88,18 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         replication=1,
         config={control: {"cleanup.policy": "compact"}},
     )
-    log_dir = Path(s.log_dir) if s.log_dir else jizhi_home() / "allocator" / p
-    actuator = LocalActuator(
-        jizhi_worker(
-            bootstrap=args.bootstrap,
-            pipeline=p,
-            config=args.config,
-            extra=s.worker_args,
-            static=s.assignment,
-        ),
-        log_dir=log_dir,
-        names=functools.partial(instance_name, p) if s.assignment else None,
-    )
+    actuator = _actuator(s, args, p)
     options = AllocatorOptions(
         scaling=s.scaling, partitions=s.partitions, shed=s.shed, shedding=s.shedding
     )
@@ -117,7 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         else None,
         publish_admission=AdmissionPublisher(conf, control) if s.shedding else None,
         plans=PlanPublisher(conf, control) if s.assignment else None,
-        instances=actuator.instances,
+        instances=actuator.instances if isinstance(actuator, LocalActuator) else None,
+        history=_history(s, p) if s.history else None,
         dry_run=args.dry_run,
         interval_s=s.interval_s,
     )
@@ -143,8 +232,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             reconciler.run(stop.is_set, on_look=show)
     finally:
-        if not args.keep_workers:
-            actuator.close()
+        if not args.keep_workers and isinstance(actuator, LocalActuator):
+            actuator.close()  # compose replicas outlive the allocator, as compose's own do
     return 0
 
 
@@ -156,7 +245,7 @@ def register(subparsers: Any) -> None:
         "admission; start and stop `jizhi worker` processes. Every decision is logged and "
         "exported as jizhi_allocator_* metrics with its reason.",
     )
-    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers HOST:PORT")
+    p.add_argument("--bootstrap", default="", help="Kafka bootstrap servers HOST:PORT")
     p.add_argument(
         "--config", type=Path, default=None, help="jizhi TOML settings (shared with workers)"
     )
@@ -175,4 +264,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
     p.add_argument("--once", action="store_true", help="one look, then exit")
     p.add_argument("--keep-workers", action="store_true", help="leave the workers running on exit")
+    p.add_argument(
+        "--plan",
+        type=int,
+        default=None,
+        metavar="CORES",
+        help="print the best split of CORES consumers across stages from the recorded history "
+        "(and the proportional split), then exit; needs no broker",
+    )
     p.set_defaults(func=_run)

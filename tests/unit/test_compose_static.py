@@ -101,7 +101,7 @@ def test_compose_file_shape(compose: dict[str, Any], services: dict[str, dict[st
         assert set(svc) <= SERVICE_KEYS, f"{name}: unknown keys {set(svc) - SERVICE_KEYS}"
         assert "image" in svc or "build" in svc, name
         for port in svc.get("ports", []):
-            assert re.fullmatch(r"(\d+:)?\d+", str(port)), f"{name}: port {port!r}"
+            assert re.fullmatch(r"((\d+\.){3}\d+:)?(\d*:)?\d+", str(port)), f"{name}: {port!r}"
         assert isinstance(svc.get("command", []), list), f"{name}: exec-form command"
 
 
@@ -324,3 +324,23 @@ def test_grafana_provisioning_matches_the_stack(services: dict[str, dict[str, An
     assert int(listen.rsplit(":", 1)[1]) == port
     assert any(str(p).endswith(f":{port}") for p in services[host].get("ports", []))
     assert any(str(p).endswith(":3000") for p in grafana.get("ports", []))
+
+
+def test_the_host_allocator_config_acts_on_these_workers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """compose/allocator.toml: the compose actuator, every stage mapped to the one worker service
+    running it, and every worker publishing the metrics port it reads service rates from."""
+    from allocator.actuators.compose import worker_service  # noqa: PLC0415
+    from jizhi.allocator_cli import load  # noqa: PLC0415
+
+    s = load(COMPOSE_DIR / "allocator.toml")
+    assert s.actuator == "compose"
+    assert (ROOT / s.compose.project_dir).resolve() == COMPOSE_DIR
+    for stage in s.stages:
+        service = worker_service(stage, services)
+        assert service is not None, stage
+        argv = _argv(services[service])
+        assert stage in (_flag(argv, "--stages") or "").split(","), (stage, service)
+        assert _flag(argv, "--metrics-port") == str(s.compose.metrics_port)
+        assert f"127.0.0.1::{s.compose.metrics_port}" in services[service]["ports"]

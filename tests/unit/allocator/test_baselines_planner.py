@@ -90,6 +90,8 @@ def test_plan_split_is_optimal_and_beats_proportional(
     plan = plan_split(by_stage, budget)
     assert sum(plan.consumers.values()) <= budget
     assert plan.throughput == pytest.approx(_brute(by_stage, budget), abs=1e-6)
+    for s, n in plan.consumers.items():  # no consumer idles: one fewer anywhere costs throughput
+        assert n == 1 or by_stage[s][n - 1] < plan.throughput - 1e-9
     prop = proportional_split({s: c[1] for s, c in by_stage.items()}, budget)
     assert sum(prop.values()) <= budget
     assert plan.throughput >= evaluate(prop, by_stage).throughput - 1e-6

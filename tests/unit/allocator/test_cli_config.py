@@ -40,3 +40,82 @@ def test_the_command_is_registered() -> None:
         ["allocator", "--bootstrap", "h:1", "--dry-run", "--once", "--metrics-port", "9464"]
     )
     assert args.dry_run and args.once and args.bootstrap == "h:1" and args.metrics_port == 9464
+
+
+def test_plan_prints_the_split_from_recorded_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """embed is store-bound (each consumer adds less); the proportional split, from
+    one-consumer rates, gives it the same share as score; the planner finds the better split."""
+    from allocator.history import History, Record  # noqa: PLC0415
+    from jizhi.cli import main  # noqa: PLC0415
+
+    history = History(tmp_path / "h")
+    capacity = {
+        "ingest": lambda n: 1000.0 * n,
+        "embed": lambda n: 200.0 * n**0.5,
+        "score": lambda n: 150.0 * n,
+    }
+    t = 1_790_000_000.0
+    history.record(
+        [
+            Record(t + n, stage, n, 5000.0, f(n), 1e6)
+            for stage, f in capacity.items()
+            for n in range(1, 11)
+        ]
+        + [Record(t + 20, "score", 2, 100.0, 100.0, 10.0)]  # keeping up: not a capacity
+    )
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'stages = ["ingest", "embed", "score"]\nhistory_dir = "{tmp_path / "h"}"\n')
+    assert main(["allocator", "--allocator-config", str(cfg), "--plan", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "30 backlogged looks" in out
+    assert "ingest            1             1" in out
+    assert "embed             6             4" in out
+    assert "score             3             5" in out
+    assert "planned 450/s, proportional 400/s (1.12x)" in out
+
+
+def test_plan_without_history_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jizhi.cli import main  # noqa: PLC0415
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'history_dir = "{tmp_path / "none"}"\n')
+    assert main(["allocator", "--allocator-config", str(cfg), "--plan", "8"]) == 2
+    assert "no backlogged looks recorded for ingest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('actuator = "compose"\nassignment = true', "assignment"),
+        ('stages = ["rank"]\n[compose]\nservices = { score = "w" }', "not in stages"),
+        ('actuator = "swarm"', "actuator"),
+    ],
+)
+def test_compose_mistakes_are_named(tmp_path: Path, text: str, match: str) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(text)
+    with pytest.raises(AllocatorConfigError, match=match):
+        load(f)
+
+
+def test_the_compose_actuator_is_built_from_its_table(tmp_path: Path) -> None:
+    import argparse  # noqa: PLC0415
+
+    from allocator.actuators.compose import ComposeActuator  # noqa: PLC0415
+    from allocator.actuators.local import LocalActuator  # noqa: PLC0415
+    from jizhi.allocator_cli import _actuator  # noqa: PLC0415
+
+    f = tmp_path / "a.toml"
+    f.write_text(f'actuator = "compose"\n[compose]\nproject_dir = "{tmp_path}"\n')
+    args = argparse.Namespace(bootstrap="h:1", config=None)
+    assert isinstance(_actuator(load(f), args, "demo"), ComposeActuator)
+    local = _actuator(load(None), args, "demo")
+    assert isinstance(local, LocalActuator)
+    local.close()
+    f.write_text('actuator = "compose"\n[compose]\nproject_dir = "/nonexistent"\n')
+    with pytest.raises(AllocatorConfigError, match="project_dir"):
+        _actuator(load(f), args, "demo")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import ActuatorError, ObserveError
+from allocator.history import DAY_S, History, Record
 from allocator.observe import (
     Rates,
     TopicOffsets,
@@ -265,3 +268,36 @@ def test_without_named_consumers_no_plan_is_published() -> None:
     rec.reconcile()
     rec.reconcile()
     assert plans.published == [] and plans.forgotten == []
+
+
+def test_history_is_recorded_and_its_wave_scaled_for_ahead_of_the_lag(tmp_path: Path) -> None:
+    """Yesterday the rate went from 1,000/s to 10,000/s at 19:05; at 19:04 today, with the
+    same 1,000/s, the allocator sizes for the wave before any lag shows it."""
+    t0 = datetime(2026, 11, 20, 19, 0, tzinfo=UTC).timestamp()
+    history = History(tmp_path)
+    history.record(
+        [
+            Record(t0 - DAY_S + 10, "score", 10, 1000.0, 1000.0, 0.0),
+            Record(t0 - DAY_S + 310, "score", 16, 10_000.0, 10_000.0, 0.0),
+        ]
+    )
+    world = FakeWorld(t=t0 + 230, partitions=256)
+    rec = reconciler(world, history=history)
+    rec.reconcile()
+    look = rec.reconcile()  # at 19:04
+    assert look.decisions is not None
+    d = look.decisions.stages[0].consumers
+    assert (d.reason, d.desired) == ("scale_up_forecast", 200)  # 10,000 / (100 x 0.5)
+    today = list(history.read("2026-11-20"))[-1]  # the first look had no rates: not recorded
+    assert (today.at, today.stage, today.service) == (t0 + 240, "score", 100.0)
+    assert today.arrival == pytest.approx(1000.0, rel=0.01)  # whole events per partition
+    assert len(list(history.read("2026-11-20"))) == 1
+
+
+def test_without_history_nothing_is_forecast() -> None:
+    world = FakeWorld(partitions=256)
+    rec = reconciler(world)
+    rec.reconcile()
+    look = rec.reconcile()
+    assert look.decisions is not None
+    assert look.decisions.stages[0].consumers.reason == "scale_up"
