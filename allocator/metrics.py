@@ -40,6 +40,17 @@ SHED_RATE: Final = Gauge(
     "Requests/s answered 'shed' at ingest over the last look.",
     ["pipeline"],
 )
+EXPIRED_RATE: Final = Gauge(
+    "jizhi_allocator_expired_rate",
+    "Deadline misses: requests/s answered 'expired' over the last look.",
+    ["pipeline"],
+)
+P99: Final = Gauge(
+    "jizhi_allocator_p99_seconds",
+    "p99 end-to-end latency of 'ok' answers over the last look: what the shedding controller "
+    "compares with the deadline.",
+    ["pipeline"],
+)
 ADMISSION: Final = Gauge(
     "jizhi_allocator_admission_rate",
     "The admission limit the allocator set for ingest, requests/s (0 = unlimited).",

@@ -59,6 +59,8 @@ class WorkerStats:
     answered: float = 0.0
     latency_buckets: tuple[tuple[float, float], ...] = ()
     """(upper bound in s, cumulative count) of jizhi_request_latency_seconds, status ok."""
+    expired: float = 0.0
+    """Requests answered 'expired': their deadline passed inside the pipeline."""
 
 
 class Observer(Protocol):
@@ -169,7 +171,7 @@ def parse_metrics(text: str, *, pipeline: str, at: float) -> WorkerStats:
     busy: dict[str, float] = {}
     batches: dict[str, float] = {}
     buckets: dict[float, float] = {}
-    shed = answered = 0.0
+    shed = answered = expired = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.labels.get("pipeline") != pipeline:
@@ -185,12 +187,16 @@ def parse_metrics(text: str, *, pipeline: str, at: float) -> WorkerStats:
                 answered += s.value
                 if s.labels.get("status") == "shed":
                     shed += s.value
+                elif s.labels.get("status") == "expired":
+                    expired += s.value
             elif (
                 s.name == "jizhi_request_latency_seconds_bucket" and s.labels.get("status") == "ok"
             ):
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
-    return WorkerStats(at, events, busy, batches, shed, answered, tuple(sorted(buckets.items())))
+    return WorkerStats(
+        at, events, busy, batches, shed, answered, tuple(sorted(buckets.items())), expired
+    )
 
 
 def merge(stats: Sequence[WorkerStats]) -> WorkerStats:
@@ -215,6 +221,7 @@ def merge(stats: Sequence[WorkerStats]) -> WorkerStats:
         sum(s.shed for s in stats),
         sum(s.answered for s in stats),
         tuple(sorted(buckets.items())),
+        sum(s.expired for s in stats),
     )
 
 
@@ -267,6 +274,17 @@ class StageRates:
     """One consumer's events per busy second (from worker metrics), None if unmeasured."""
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineRates:
+    """What the workers answered between two looks, over the whole pipeline."""
+
+    p99_s: float | None = None
+    """p99 end-to-end latency of 'ok' answers; None when nothing was answered or not scraped."""
+    shed_rate: float = 0.0
+    expired_rate: float = 0.0
+    """Deadline misses: requests/s answered 'expired'."""
+
+
 class Rates:
     """Turns successive looks into rates; remembers only the previous look."""
 
@@ -277,8 +295,8 @@ class Rates:
 
     def update(
         self, offsets: Sequence[TopicOffsets], stats: WorkerStats | None
-    ) -> tuple[list[StageRates], float | None, float]:
-        """Returns per-stage rates, the p99 latency since the last look, and the shed rate."""
+    ) -> tuple[list[StageRates], PipelineRates]:
+        """Per-stage rates, and what the pipeline answered, since the last look."""
         out = []
         prev_stats = self._prev_stats
         for o in offsets:
@@ -317,13 +335,15 @@ class Rates:
                     self._service.get(o.stage),
                 )
             )
-        p99: float | None = None
-        shed_rate = 0.0
+        pipeline = PipelineRates()
         if stats is not None and prev_stats is not None and stats.at > prev_stats.at:
             p99 = quantile_from_buckets(prev_stats.latency_buckets, stats.latency_buckets, 0.99)
-            shed_rate = max(0.0, stats.shed - prev_stats.shed) / (stats.at - prev_stats.at)
-            if math.isinf(p99 or 0.0):
-                p99 = None
+            span = stats.at - prev_stats.at
+            pipeline = PipelineRates(
+                None if p99 is None or math.isinf(p99) else p99,
+                max(0.0, stats.shed - prev_stats.shed) / span,
+                max(0.0, stats.expired - prev_stats.expired) / span,
+            )
         if stats is not None:
             self._prev_stats = stats
-        return out, p99, shed_rate
+        return out, pipeline

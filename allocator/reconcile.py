@@ -35,7 +35,7 @@ from allocator.actuators import Actuator
 from allocator.decide import Decider, Decisions, StageInput, forecast_rate
 from allocator.errors import ActuatorError, ObserveError
 from allocator.history import History, Record
-from allocator.observe import Observer, Rates, StageRates, WorkerStats
+from allocator.observe import Observer, PipelineRates, Rates, StageRates, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Reconciler:
             log.warning("observe failed, retrying in %.0f s: %s", self.interval_s, exc)
             return Look(now, (), {}, None, (), self.interval_s, str(exc))
         stats = self._scrape()
-        rates, p99, shed_rate = self._rates.update(offsets, stats)
+        rates, answered = self._rates.update(offsets, stats)
         by_stage = {r.stage: r for r in rates}
         inputs = [
             StageInput(
@@ -120,7 +120,7 @@ class Reconciler:
             now,
             inputs,
             forecast=self._forecast(now, ingest),
-            p99_s=p99,
+            p99_s=answered.p99_s,
             deadline_s=self.deadline_s,
             completed_rate=by_stage[self.stages[-1]].commit_rate
             if self.stages and self.stages[-1] in by_stage
@@ -128,7 +128,7 @@ class Reconciler:
             offered_rate=ingest.arrival_rate if ingest is not None else 0.0,
         )
         acted = self._act(decisions, actual, by_stage)
-        self._export(decisions, actual, by_stage, shed_rate)
+        self._export(decisions, actual, by_stage, answered)
         self._record(now, actual, rates)
         return Look(now, tuple(rates), actual, decisions, tuple(acted), self._requeue(decisions))
 
@@ -291,7 +291,7 @@ class Reconciler:
         decisions: Decisions,
         actual: dict[str, int],
         rates: dict[str, StageRates],
-        shed_rate: float,
+        answered: PipelineRates,
     ) -> None:
         p = self.pipeline
         for d in decisions.stages:
@@ -302,7 +302,10 @@ class Reconciler:
             svc = self.decider.service_rate(d.name)
             if svc is not None:
                 metrics.SERVICE_RATE.labels(p, d.name).set(svc)
-        metrics.SHED_RATE.labels(p).set(shed_rate)
+        metrics.SHED_RATE.labels(p).set(answered.shed_rate)
+        metrics.EXPIRED_RATE.labels(p).set(answered.expired_rate)
+        if answered.p99_s is not None:
+            metrics.P99.labels(p).set(answered.p99_s)
         metrics.ADMISSION.labels(p).set(self.decider.admission_rate)
 
     def run(

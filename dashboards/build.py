@@ -588,6 +588,28 @@ ALLOCATOR = Dashboard(
             ),
         ),
         Row(
+            "Deadline",
+            (
+                Panel(
+                    "p99 the allocator acts on",
+                    "p99 end-to-end latency of 'ok' answers over the allocator's last look, "
+                    "from the workers' histograms; the shedding controller lowers admission "
+                    "above 95% of the deadline and raises it below 60%.",
+                    [Target(f"max(jizhi_allocator_p99_seconds{{{P}}})", "p99")],
+                    "s",
+                    thresholds=((DEADLINE_S * 0.95, "orange"), (DEADLINE_S, "red")),
+                ),
+                Panel(
+                    "Deadline misses",
+                    "Requests/s answered 'expired' (their deadline passed inside the pipeline) "
+                    "as the allocator measured them over its last look.",
+                    [Target(f"max(jizhi_allocator_expired_rate{{{P}}})", "expired")],
+                    "reqps",
+                    no_value="0",
+                ),
+            ),
+        ),
+        Row(
             "Decisions",
             (
                 Panel(

@@ -73,6 +73,8 @@ ABSENT_REASONS = {
     "jizhi_allocator_partitions": _ALLOCATOR_ONLY,
     "jizhi_allocator_lag": _ALLOCATOR_ONLY,
     "jizhi_allocator_shed_rate": _ALLOCATOR_ONLY,
+    "jizhi_allocator_expired_rate": _ALLOCATOR_ONLY,
+    "jizhi_allocator_p99_seconds": "set once the allocator scraped answers between two looks",
     "jizhi_allocator_admission_rate": _ALLOCATOR_ONLY,
     "jizhi_allocator_decisions_total": _ALLOCATOR_ONLY,
     "jizhi_allocator_service_rate": "set once a scraped worker has been busy between two looks",

@@ -34,6 +34,7 @@ jizhi_stage_batch_size_count{pipeline="p",stage="score"} 10.0
 # TYPE jizhi_responses_total counter
 jizhi_responses_total{pipeline="p",status="ok"} 600.0
 jizhi_responses_total{pipeline="p",status="shed"} 40.0
+jizhi_responses_total{pipeline="p",status="expired"} 7.0
 # TYPE jizhi_request_latency_seconds histogram
 jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.05"} 500.0
 jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.1"} 590.0
@@ -44,9 +45,9 @@ jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="+Inf"} 600.0
 def test_parse_metrics_sums_one_pipeline() -> None:
     s = parse_metrics(METRICS, pipeline="p", at=1.0)
     assert s.busy_s == {"score": 2.0} and s.events == {"score": 640.0}
-    assert (s.shed, s.answered) == (40.0, 640.0)
+    assert (s.shed, s.expired, s.answered) == (40.0, 7.0, 647.0)
     both = merge([s, s])
-    assert both.events == {"score": 1280.0}
+    assert both.events == {"score": 1280.0} and both.expired == 14.0
     assert dict(both.latency_buckets)[0.1] == 1180.0
 
 
@@ -63,10 +64,13 @@ def test_rates_from_two_looks() -> None:
     first = [TopicOffsets("score", "t", 0.0, (100, 200), (90, -1))]
     r.update(first, WorkerStats(0.0, {"score": 0.0}, {"score": 0.0}))
     second = [TopicOffsets("score", "t", 10.0, (200, 400), (190, 100))]
-    (got,), _, _ = r.update(second, WorkerStats(10.0, {"score": 1000.0}, {"score": 2.0}))
+    (got,), answered = r.update(
+        second, WorkerStats(10.0, {"score": 1000.0}, {"score": 2.0}, shed=50.0, expired=20.0)
+    )
     assert got.arrival_rate == 30.0 and got.partition_rates == (10.0, 20.0)
     assert got.lag == 310.0 and got.commit_rate == 20.0
     assert got.service_rate == 500.0
+    assert (answered.shed_rate, answered.expired_rate, answered.p99_s) == (5.0, 2.0, None)
 
 
 def test_the_decider_smooths_service_rates_and_keeps_the_last_one() -> None:
