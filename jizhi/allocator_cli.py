@@ -62,9 +62,10 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     worker_args: list[str] = []
     grow_partitions: bool = False
     shedding: bool = True
-    assignment: bool = False
-    """Named (static) workers and load-balanced partition plans on the control topic, instead of
-    the group's cooperative-sticky assignor (which balances partition counts, not load)."""
+    assignment: bool | None = None
+    """Load-balanced partition plans on the control topic, followed by named workers, instead of
+    the group's cooperative-sticky assignor (which balances partition counts, not load). None:
+    on with the local actuator (it names its workers), off with compose (anonymous replicas)."""
     log_dir: str = ""
     history: bool = True
     """Record every look and forecast from the same time on earlier days (allocator/history.py)."""
@@ -75,6 +76,10 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     partitions: PartitionOptions = PartitionOptions()
     shed: ShedOptions = ShedOptions()
     compose: ComposeSettings = ComposeSettings()
+
+    @property
+    def plans(self) -> bool:
+        return self.assignment if self.assignment is not None else self.actuator == "local"
 
 
 def load(path: Path | None) -> AllocatorSettings:
@@ -94,7 +99,7 @@ def load(path: Path | None) -> AllocatorSettings:
         settings.scaling.validate()
     except ValueError as exc:
         raise AllocatorConfigError(f"{path}: scaling: {exc}") from exc
-    if settings.actuator == "compose" and settings.assignment:
+    if settings.actuator == "compose" and settings.assignment is True:
         # Plans name their workers; compose replicas are anonymous dynamic group members.
         raise AllocatorConfigError(f'{path}: assignment = true needs actuator = "local"')
     stray = sorted(set(settings.compose.services) - set(settings.stages))
@@ -123,10 +128,10 @@ def _actuator(
             pipeline=pipeline,
             config=args.config,
             extra=s.worker_args,
-            static=s.assignment,
+            static=s.plans,
         ),
         log_dir=Path(s.log_dir) if s.log_dir else jizhi_home() / "allocator" / pipeline,
-        names=functools.partial(instance_name, pipeline) if s.assignment else None,
+        names=functools.partial(instance_name, pipeline) if s.plans else None,
     )
 
 
@@ -204,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
         if s.grow_partitions
         else None,
         publish_admission=AdmissionPublisher(conf, control) if s.shedding else None,
-        plans=PlanPublisher(conf, control) if s.assignment else None,
+        plans=PlanPublisher(conf, control) if s.plans else None,
         instances=actuator.instances if isinstance(actuator, LocalActuator) else None,
         history=_history(s, p) if s.history else None,
         dry_run=args.dry_run,

@@ -31,7 +31,16 @@ import numpy as np
 from jizhi.metrics_server import serve_metrics
 from stages.events import Event
 from stages.runtime import BatchPolicy, Chain
-from stages.runtime.kafka import KafkaSink, KafkaSource, SharedProducer, group_id, topic_name
+from stages.runtime.kafka import (
+    ControlFollower,
+    KafkaSink,
+    KafkaSource,
+    PlanControl,
+    SharedProducer,
+    ensure_control_topic,
+    group_id,
+    topic_name,
+)
 from stages.stage import BaseStage, Result
 
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -85,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="topic the ids are forwarded to")
     ap.add_argument("--metrics-port", type=int, required=True)
     ap.add_argument("--instance", default=None, help="group.instance.id (static membership)")
+    ap.add_argument(
+        "--follow-plans",
+        action="store_true",
+        help="follow assignment plans on the control topic as `jizhi worker` does (needs "
+        "--instance: the name plans use)",
+    )
     ap.add_argument("--batch-ms", type=float, default=1.0)
     ap.add_argument("--event-ms", type=float, default=5.0)
     ap.add_argument("--max-batch", type=int, default=16)
@@ -109,7 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer_conf["group.instance.id"] = args.instance
     serve_metrics(args.metrics_port)
     producer = SharedProducer(conf, pipeline=p)
-    source = KafkaSource(consumer_conf, topic_name(p, stage), pipeline=p, stage=stage)
+    control = None
+    if args.follow_plans:
+        if not args.instance:
+            ap.error("--follow-plans needs --instance")
+        follower = ControlFollower(conf, ensure_control_topic(conf, p, replication=1))
+        follower.catch_up()
+        control = PlanControl(
+            follower, stage=stage, instance=args.instance, group=group_id(p, stage)
+        )
+    source = KafkaSource(
+        consumer_conf, topic_name(p, stage), pipeline=p, stage=stage, control=control
+    )
     chain = Chain(
         [SleepyStage(stage, batch_s=args.batch_ms / 1000.0, event_s=args.event_ms / 1000.0)],
         source,
@@ -124,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if control is not None:
+        control.follower.start()  # follow the control topic in the background, as jizhi worker
     chain.start()
     print(f"sleepy {os.getpid()}: running {stage}", flush=True)
     while not stop.wait(0.1):
@@ -134,8 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.close()
     drained = chain.join(20.0)
     left = producer.flush(20.0)
-    source.finish(10.0)
+    source.finish(10.0)  # a plan follower also deletes its claim here
     producer.close(1.0)
+    if control is not None:
+        control.follower.close()
     clean = drained and not left and chain.error is None
     print(
         f"sleepy {os.getpid()}: stopped {'cleanly' if clean else 'with leftovers'} "

@@ -13,10 +13,15 @@ Asserted, and printed as a timeline and figures:
 - it scales down during the last 1x, once its cool-down and stabilisation window have passed;
 - no id is lost through any scale event or partition hand-over: every produced id is in the
   output topic at least once (duplicates, which at-least-once allows, are counted and printed).
+
+Twice: with the consumer group's cooperative-sticky assignor (dynamic members), and with the
+allocator's own assignment plans (``assignment = true``: named workers that follow the plans the
+loop publishes on the control topic, releasing and claiming partitions at every scale event).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -32,13 +37,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from allocator.actuators.local import LocalActuator
+from allocator.actuators.local import LocalActuator, instance_name
+from allocator.actuators.topics import PlanPublisher
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import ObserveError
 from allocator.observe import KafkaObserver, scrape
 from allocator.policy import ScalingOptions
 from allocator.reconcile import Look, Reconciler
-from stages.runtime.kafka import ensure_topics, group_id, topic_name
+from stages.runtime.kafka import ensure_control_topic, ensure_topics, group_id, topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -158,7 +164,8 @@ def _s(x: float | None) -> str:
     return "never" if x is None else f"{x:.1f} s"
 
 
-_ASSIGNED = re.compile(r"^(\S+ \S+) \S+ INFO \S+: assigned \[\d")
+_ASSIGNED = re.compile(r"^(\S+ \S+) \S+ INFO \S+: (assigned|plan \d+: took) \[\d")
+"""A consumer's log line when it first owns partitions: from the group, or from a plan."""
 
 
 def _serving_times(log_dir: Path, t0_wall: float) -> list[float]:
@@ -202,17 +209,21 @@ def _drain_time(rows: list[Row], start: float, stop: float, drained: float) -> f
     return None
 
 
+@pytest.mark.parametrize("plans", [False, True], ids=["group", "plans"])
 def test_allocator_rides_a_wave_without_losing_a_message(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, plans: bool
 ) -> None:
     p = f"wave-{uuid.uuid4().hex[:8]}"
-    # Dynamic membership on purpose: a static member (--instance) does not leave the group on
-    # SIGTERM, so its partitions stall until session.timeout.ms after every scale-down.
+    # Without plans, dynamic membership on purpose: a static member (--instance) does not leave
+    # the group on SIGTERM, so its partitions stall until session.timeout.ms after every
+    # scale-down. Plan followers are named, but never group members once a plan stands.
     conf = {"bootstrap.servers": kafka_bootstrap}
     src, out = topic_name(p, STAGE), f"jizhi.{p}.out"
     ensure_topics(conf, [src, out], partitions=PARTITIONS, replication=1)
+    control = ensure_control_topic(conf, p, replication=1) if plans else ""
 
     def command(stage: str, slot: int, port: int) -> list[str]:
+        named = ["--instance", instance_name(p, stage, slot), "--follow-plans"] if plans else []
         return [
             sys.executable,
             "-m",
@@ -227,6 +238,7 @@ def test_allocator_rides_a_wave_without_losing_a_message(
             out,
             "--metrics-port",
             str(port),
+            *named,
         ]
 
     actuator = LocalActuator(
@@ -234,6 +246,7 @@ def test_allocator_rides_a_wave_without_losing_a_message(
         log_dir=tmp_path / "workers",
         env={"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
         stop_timeout=30.0,
+        names=functools.partial(instance_name, p) if plans else None,
     )
     reconciler = Reconciler(
         p,
@@ -242,6 +255,8 @@ def test_allocator_rides_a_wave_without_losing_a_message(
         actuator,
         Decider(AllocatorOptions(scaling=SCALING, shedding=False)),
         scrape=lambda urls: scrape(urls, pipeline=p),
+        plans=PlanPublisher(conf, control) if plans else None,
+        instances=actuator.instances if plans else None,
         interval_s=INTERVAL_S,
     )
     wave = Wave(kafka_bootstrap, src)
@@ -287,8 +302,9 @@ def test_allocator_rides_a_wave_without_losing_a_message(
         # consumer owns the partitions, so the first step measures the loop, not a cold start.
         first = tmp_path / "workers" / f"{STAGE}-0.log"
         end = time.monotonic() + 30.0
-        while time.monotonic() < end and "assigned" not in (
-            first.read_text() if first.exists() else ""
+        while time.monotonic() < end and not any(
+            _ASSIGNED.match(line)
+            for line in (first.read_text() if first.exists() else "").splitlines()
         ):
             time.sleep(0.1)
         wave.start()
@@ -311,7 +327,9 @@ def test_allocator_rides_a_wave_without_losing_a_message(
     dups = {k: n for k, n in got.items() if n > 1}
 
     # -- the timeline and the figures --------------------------------------------------------
-    print(f"\npipeline {p}: {wave.sent} ids produced, wall {wall:.1f} s; logs in {tmp_path}")
+    mode = "assignment plans" if plans else "cooperative-sticky group"
+    print(f"\npipeline {p} ({mode}): {wave.sent} ids produced, wall {wall:.1f} s")
+    print(f"logs in {tmp_path}")
     print(
         f"{'t/s':>6} {'in/s':>5} {'svc/s':>5} {'need':>5} {'want':>4} {'have':>4} {'lag':>5}  why"
     )

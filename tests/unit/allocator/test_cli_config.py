@@ -119,3 +119,17 @@ def test_the_compose_actuator_is_built_from_its_table(tmp_path: Path) -> None:
     f.write_text('actuator = "compose"\n[compose]\nproject_dir = "/nonexistent"\n')
     with pytest.raises(AllocatorConfigError, match="project_dir"):
         _actuator(load(f), args, "demo")
+
+
+@pytest.mark.parametrize(
+    ("text", "plans"),
+    [
+        ("", True),  # the local actuator names its workers: plans by default
+        ("assignment = false", False),
+        ('actuator = "compose"', False),  # anonymous replicas follow the group's assignor
+    ],
+)
+def test_plans_by_default_where_workers_are_named(tmp_path: Path, text: str, plans: bool) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(text)
+    assert load(f).plans is plans
