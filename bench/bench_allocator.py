@@ -84,10 +84,11 @@ def measure(requests: int = 6_000) -> tuple[StageModel, ...]:
 
 
 def traces(quick: bool) -> tuple[list[tuple[Trace, float]], list[tuple[Trace, float]]]:
-    """(trace, peak) pairs at 1e6 req/s, and larger ones; the peak sets the partitions every
-    policy starts with."""
+    """(trace, peak) pairs up to 1e6 req/s (many partitions per consumer), and larger ones; the
+    peak sets the partitions every policy starts with."""
     hours = 6.0 if quick else 24.0
     tune_on = [
+        (flash(peak=1e5, hours=hours, name="flash 1e5", seed=7), 1e5),
         (diurnal(peak=1e6, hours=hours, name="diurnal 1e6"), 1e6),
         (flash(peak=1e6, hours=hours, name="flash 1e6"), 1e6),
         (diurnal(peak=1e6, hours=hours, skew=True, name="skewed 1e6"), 1e6),
