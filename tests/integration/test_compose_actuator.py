@@ -1,7 +1,7 @@
 """The compose actuator at its boundary: a fake ``docker`` executable (a Python script written
 into tmp_path) that records its argv and cwd, answers ``config --services``, ``ps --format json``
 (in either format) and ``up --scale`` from a state file, and fails on demand with the CLI's own
-messages. No Docker needed."""
+messages. No Docker needed; here rather than in unit/ because every call starts that process."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from allocator.actuators.compose import ComposeActuator, worker_service
 from allocator.errors import ActuatorError, AllocatorConfigError
 from jizhi.config import STAGE_ORDER
 
-COMPOSE_FILE = Path(__file__).resolve().parents[3] / "compose" / "docker-compose.yml"
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 
 FAKE_DOCKER = """#!{python}
 import json, os, sys, time
