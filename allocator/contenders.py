@@ -3,15 +3,21 @@
 - `StaticPeak`: enough consumers for the trace's peak at a utilisation, all the time;
 - `Keda`: KEDA's Kafka scaler through the HPA (`baselines.keda_step`), Kafka's default assignor;
 - `Jizhi`: the allocator's `Decider` (consumers, partitions, shedding) and its sticky balanced
-  assignment: the same code the reconcile loop runs.
+  assignment: the same code the reconcile loop runs. Its forecast reads a `History` on disk in
+  which the trace's previous day was recorded as the loop records looks, through the same
+  `History.forecast` and `forecast_rate` as the loop.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from allocator.baselines import KedaOptions, KedaState, keda_step, keda_total_lag, static_peak
 from allocator.decide import AllocatorOptions, Decider, StageInput, forecast_rate
+from allocator.history import DAY_S, History, Record
 from allocator.policy import assign_indices
 from allocator.simulator import IntArray, PipelineModel, Plan, View, round_robin
 from allocator.traces import FloatArray, Trace
@@ -86,6 +92,12 @@ class Keda:
         return round_robin(consumers, len(rates))
 
 
+SIM_DAY = dt.datetime(2026, 1, 2, tzinfo=dt.UTC).timestamp()
+"""Midnight of the simulated day (any date: only the time of day matters)."""
+LOOK_S = 10.0
+"""How often the recorded day was sampled: the loop's default interval."""
+
+
 @dataclass
 class Jizhi:
     options: AllocatorOptions = field(default_factory=AllocatorOptions)
@@ -93,9 +105,17 @@ class Jizhi:
     forecast: bool = True
     name: str = "jizhi"
     _decider: Decider | None = None
+    _history: History | None = None
+    _dir: tempfile.TemporaryDirectory[str] | None = None
+    _start_s: float = 0.0
 
     def start(self, model: PipelineModel, trace: Trace) -> Plan:
         self._decider = Decider(self.options)
+        self._start_s = trace.start_s
+        if self.forecast:
+            self._dir = tempfile.TemporaryDirectory(prefix="jizhi-sim-history-")
+            self._history = History(Path(self._dir.name), days=1)
+            self._history.record(self._yesterday(trace))
         first = [
             static_peak(
                 float(trace.rate[0]),
@@ -107,16 +127,25 @@ class Jizhi:
         ]
         return Plan(tuple(first), tuple(model.partitions for _ in model.stages))
 
+    def _yesterday(self, trace: Trace) -> list[Record]:
+        """The trace's previous day as the loop would have recorded it: ingest's arrival rate
+        every look."""
+        every = max(1, round(LOOK_S / trace.dt))
+        t0 = SIM_DAY - DAY_S + trace.start_s
+        return [
+            Record(t0 + i * trace.dt, "ingest", 0, float(r), float(r), 0.0)
+            for i, r in enumerate(trace.history)
+            if i % every == 0
+        ]
+
     def control(self, view: View) -> Plan:
         assert self._decider is not None
         ahead = None
-        if self.forecast:
-            ahead = forecast_rate(
-                view.forecast(0.0),
-                view.forecast(self.options.forecast_lead_s),
-                view.offered_rate,
-                self.options.forecast_band,
+        if self._history is not None:
+            then, later = self._history.forecast(
+                "ingest", SIM_DAY + self._start_s + view.now, self.options.forecast_lead_s
             )
+            ahead = forecast_rate(then, later, view.offered_rate, self.options.forecast_band)
         decisions = self._decider.decide(
             view.now,
             [

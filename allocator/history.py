@@ -148,7 +148,8 @@ class History:
     def forecast(self, stage: str, now: float, lead_s: float) -> tuple[float | None, float | None]:
         """(rate the recorded days saw at this time, the highest they saw within ``lead_s``),
         each the mean over the days that have it; (None, None) with no history here."""
-        offsets = np.arange(0.0, max(lead_s, 0.0) + self.bucket_s, self.bucket_s)
+        lead = max(lead_s, 0.0)
+        offsets = np.append(np.arange(0.0, lead, self.bucket_s), lead)
         at_now: list[float] = []
         ahead = np.zeros(len(offsets))
         seen = np.zeros(len(offsets))

@@ -20,7 +20,7 @@ The lag a controller observes is the backlog plus what consumers hold uncommitte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -84,8 +84,6 @@ class View:
     """Requests the last stage finished per second (the pipeline's capacity when backlogged)."""
     p99_s: float | None
     deadline_s: float
-    forecast: Callable[[float], float]
-    """forecast(lead_s): the highest rate history expects within ``lead_s`` from now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +271,6 @@ def simulate(
         st.grow(min(p, model.max_partitions))
         st.ready = max(1, min(n, st.partitions))
     admission = plan.admission_rate
-    hist = trace.history
     hop_total = model.hop_s * n_st
     q = np.zeros((n_st, max(s.partitions for s in stages)))
     out_prev = np.full(n_st, float(trace.rate[0]))  # start in steady state, not filling up
@@ -378,10 +375,6 @@ def simulate(
                 )
             )
 
-        def forecast(lead_s: float, _step: int = step) -> float:
-            end = min(len(hist), _step + 1 + max(1, int(lead_s / dt)))
-            return float(hist[_step:end].max()) if _step < len(hist) else 0.0
-
         plan = controller.control(
             View(
                 now + dt,
@@ -391,7 +384,6 @@ def simulate(
                 float(out_prev[-1]),
                 p99,
                 model.deadline_s,
-                forecast,
             )
         )
         admission = plan.admission_rate

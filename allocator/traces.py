@@ -30,9 +30,11 @@ class Trace:
     """Offered requests/s per step."""
     history: FloatArray
     """The rate at the same time of a previous day, per step, smoothed over 5 minutes (no
-    spikes: they are news)."""
+    spikes: they are news): what a contender may record as yesterday."""
     key_weights: FloatArray
     """Share of traffic per key group; sums to 1."""
+    start_s: float = 0.0
+    """Time of day of the first step, seconds after midnight."""
 
     @property
     def steps(self) -> int:
@@ -122,6 +124,7 @@ def diurnal(
         rate,
         history,
         keys,
+        start_h * 3600.0,
     )
 
 
@@ -153,4 +156,4 @@ def flash(
     desc = (
         f"{tr.description}; {spikes} spikes to {height:g}x (ramp {ramp_s:g} s, hold {hold_s:g} s)"
     )
-    return Trace(name, desc, dt, tr.rate * mult, tr.history, tr.key_weights)
+    return Trace(name, desc, dt, tr.rate * mult, tr.history, tr.key_weights, tr.start_s)

@@ -60,3 +60,22 @@ def test_on_a_day_jizhi_keeps_deadlines_with_fewer_consumer_seconds() -> None:
     assert ours.attainment >= 0.999
     assert ours.consumer_seconds <= 0.7 * static.consumer_seconds
     assert ours.consumer_seconds <= 0.85 * keda.consumer_seconds
+
+
+def test_jizhi_forecasts_from_the_previous_day_recorded_as_the_loop_records_it() -> None:
+    """The contender writes the trace's previous day into a `History` on disk and reads its
+    forecast back through `History.forecast`: at 18:00 of an evening trace that is what the
+    recorded day had around 18:00 (5-minute buckets of the 5-minute smoothed history)."""
+    from allocator.contenders import SIM_DAY  # noqa: PLC0415
+
+    trace = diurnal(peak=10_000.0, hours=2.0, start_h=17.0, seed=4)
+    j = Jizhi()
+    j.start(PipelineModel(STAGES, partitions=64), trace)
+    assert j._history is not None
+    i = 360  # 18:00, one hour in (10 s steps)
+    then, ahead = j._history.forecast("ingest", SIM_DAY + trace.start_s + i * trace.dt, 120.0)
+    assert then == pytest.approx(float(trace.history[i : i + 30].mean()), rel=0.02)
+    assert ahead is not None and ahead >= then * 0.99  # the evening still climbs at 18:00
+    off = Jizhi(forecast=False)
+    off.start(PipelineModel(STAGES, partitions=64), trace)
+    assert off._history is None  # no history, no forecast: a purely reactive allocator
