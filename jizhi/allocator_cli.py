@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from allocator.actuators.compose import ComposeActuator
+from allocator.actuators.kubernetes import KubernetesActuator
 from allocator.actuators.local import LocalActuator, instance_name, jizhi_worker
 from allocator.actuators.topics import AdmissionPublisher, PlanPublisher, grow_topic
 from allocator.decide import AllocatorOptions, Decider
@@ -53,10 +54,24 @@ class ComposeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The workers' metrics port if they publish it on the host (0: Prometheus scrapes them)."""
 
 
+class KubernetesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """For ``actuator = "kubernetes"`` (allocator/actuators/kubernetes.py)."""
+
+    namespace: str = "default"
+    deployments: dict[str, str] = {}
+    """stage -> Deployment; default ``jizhi-<stage>``."""
+    in_cluster: bool = False
+    """Credentials of the pod's service account; otherwise a kubeconfig."""
+    kubeconfig: str = ""
+    """Default: KUBECONFIG, else ~/.kube/config."""
+    metrics_port: int = 9464
+    """The workers' metrics port, scraped on every running pod's IP (0: no scrape)."""
+
+
 class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    actuator: Literal["local", "compose"] = "local"
-    """What starts and stops consumers: `jizhi worker` processes here, or a compose service's
-    replicas (``[compose]``)."""
+    actuator: Literal["local", "compose", "kubernetes"] = "local"
+    """What starts and stops consumers: `jizhi worker` processes here, a compose service's
+    replicas (``[compose]``) or a Deployment's (``[kubernetes]``)."""
     stages: list[str] = msgspec.field(default_factory=lambda: list(STAGE_ORDER))
     interval_s: float = 10.0
     worker_args: list[str] = []
@@ -65,7 +80,8 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     assignment: bool | None = None
     """Load-balanced partition plans on the control topic, followed by named workers, instead of
     the group's cooperative-sticky assignor (which balances partition counts, not load). None:
-    on with the local actuator (it names its workers), off with compose (anonymous replicas)."""
+    on with the local actuator (it names its workers), off with compose and Kubernetes (their
+    replicas are anonymous)."""
     log_dir: str = ""
     history: bool = True
     """Record every look and forecast from the same time on earlier days (allocator/history.py)."""
@@ -76,6 +92,7 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     partitions: PartitionOptions = PartitionOptions()
     shed: ShedOptions = ShedOptions()
     compose: ComposeSettings = ComposeSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     @property
     def plans(self) -> bool:
@@ -99,18 +116,31 @@ def load(path: Path | None) -> AllocatorSettings:
         settings.scaling.validate()
     except ValueError as exc:
         raise AllocatorConfigError(f"{path}: scaling: {exc}") from exc
-    if settings.actuator == "compose" and settings.assignment is True:
-        # Plans name their workers; compose replicas are anonymous dynamic group members.
+    if settings.actuator != "local" and settings.assignment is True:
+        # Plans name their workers; replicas are anonymous dynamic group members.
         raise AllocatorConfigError(f'{path}: assignment = true needs actuator = "local"')
-    stray = sorted(set(settings.compose.services) - set(settings.stages))
-    if stray:
-        raise AllocatorConfigError(f"{path}: compose.services: not in stages: {stray}")
+    for table, names in (
+        ("compose.services", settings.compose.services),
+        ("kubernetes.deployments", settings.kubernetes.deployments),
+    ):
+        stray = sorted(set(names) - set(settings.stages))
+        if stray:
+            raise AllocatorConfigError(f"{path}: {table}: not in stages: {stray}")
     return settings
 
 
 def _actuator(
     s: AllocatorSettings, args: argparse.Namespace, pipeline: str
-) -> LocalActuator | ComposeActuator:
+) -> LocalActuator | ComposeActuator | KubernetesActuator:
+    if s.actuator == "kubernetes":
+        k = s.kubernetes
+        return KubernetesActuator.from_config(
+            namespace=k.namespace,
+            deployments={st: k.deployments.get(st, f"jizhi-{st}") for st in s.stages},
+            in_cluster=k.in_cluster,
+            kubeconfig=k.kubeconfig or None,
+            metrics_port=k.metrics_port or None,
+        )
     if s.actuator == "compose":
         c = s.compose
         return ComposeActuator(

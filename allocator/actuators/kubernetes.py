@@ -4,6 +4,10 @@ subresource (the same call ``kubectl scale`` and the HPA make), with the officia
 Only ``spec.replicas`` is written; pods, rollouts and disruption budgets stay Kubernetes'
 business. "Actual" is the scale's ``status.replicas`` (pods the Deployment runs now), so a
 stage whose pods cannot be scheduled shows desired > actual on the allocator's dashboard.
+
+Endpoints, for the service rates: with ``metrics_port``, every running pod the scale's
+``status.selector`` selects, at ``http://<pod IP>:<port>/metrics`` — reachable from an
+allocator running in the cluster (pod IPs are not routable from outside it).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from allocator.errors import ActuatorError
+from allocator.errors import ActuatorError, AllocatorConfigError
 
 
 class KubernetesActuator:
@@ -22,25 +26,48 @@ class KubernetesActuator:
         namespace: str,
         deployments: Mapping[str, str],
         endpoints: Callable[[], list[str]] | None = None,
+        core: Any = None,
+        metrics_port: int | None = None,
     ) -> None:
-        """``apps``: a ``kubernetes.client.AppsV1Api``; ``deployments``: stage -> name."""
+        """``apps``: a ``kubernetes.client.AppsV1Api``; ``deployments``: stage -> name;
+        ``core``: a ``CoreV1Api`` to find the pods' metrics endpoints on ``metrics_port``
+        (``endpoints`` overrides that with a callable of its own)."""
         self._apps = apps
         self._ns = namespace
         self._deployments = dict(deployments)
         self._endpoints = endpoints
+        self._core = core
+        self._port = metrics_port
 
     @classmethod
     def from_config(
-        cls, *, namespace: str, deployments: Mapping[str, str], in_cluster: bool = False
+        cls,
+        *,
+        namespace: str,
+        deployments: Mapping[str, str],
+        in_cluster: bool = False,
+        kubeconfig: str | None = None,
+        metrics_port: int | None = None,
     ) -> KubernetesActuator:
-        """Credentials from the pod's service account or the user's kubeconfig, never flags."""
+        """Credentials from the pod's service account or a kubeconfig (``kubeconfig``, else
+        the client's default: ``KUBECONFIG`` or ~/.kube/config), never flags."""
         from kubernetes import client, config  # noqa: PLC0415 - optional dependency
 
-        if in_cluster:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(client.AppsV1Api(), namespace=namespace, deployments=deployments)
+        try:
+            if in_cluster:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            else:
+                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        except Exception as exc:  # the loaders raise ConfigException, TypeError, OSError
+            where = "the pod's service account" if in_cluster else "the kubeconfig"
+            raise AllocatorConfigError(f"kubernetes: cannot load {where}: {exc}") from exc
+        return cls(
+            client.AppsV1Api(),
+            namespace=namespace,
+            deployments=deployments,
+            core=client.CoreV1Api(),
+            metrics_port=metrics_port,
+        )
 
     def _name(self, stage: str) -> str:
         try:
@@ -77,4 +104,21 @@ class KubernetesActuator:
             raise self._fail(f"scaling deployment {name} to {consumers}", exc) from exc
 
     def endpoints(self) -> list[str]:
-        return self._endpoints() if self._endpoints is not None else []
+        if self._endpoints is not None:
+            return self._endpoints()
+        if self._core is None or not self._port:
+            return []
+        urls = []
+        for name in sorted(set(self._deployments.values())):
+            try:
+                selector = self._apps.read_namespaced_deployment_scale(name, self._ns).status
+                pods = self._core.list_namespaced_pod(
+                    self._ns, label_selector=getattr(selector, "selector", None) or ""
+                ).items
+            except Exception as exc:
+                raise self._fail(f"listing the pods of deployment {name}", exc) from exc
+            for pod in pods:
+                status = pod.status
+                if getattr(status, "phase", None) == "Running" and getattr(status, "pod_ip", None):
+                    urls.append(f"http://{status.pod_ip}:{self._port}/metrics")
+        return urls

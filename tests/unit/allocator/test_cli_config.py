@@ -93,6 +93,8 @@ def test_plan_without_history_says_what_is_missing(
         ('actuator = "compose"\nassignment = true', "assignment"),
         ('stages = ["rank"]\n[compose]\nservices = { score = "w" }', "not in stages"),
         ('actuator = "swarm"', "actuator"),
+        ('actuator = "kubernetes"\nassignment = true', "assignment"),
+        ('stages = ["rank"]\n[kubernetes]\ndeployments = { score = "d" }', "kubernetes.deploy"),
     ],
 )
 def test_compose_mistakes_are_named(tmp_path: Path, text: str, match: str) -> None:
@@ -127,6 +129,7 @@ def test_the_compose_actuator_is_built_from_its_table(tmp_path: Path) -> None:
         ("", True),  # the local actuator names its workers: plans by default
         ("assignment = false", False),
         ('actuator = "compose"', False),  # anonymous replicas follow the group's assignor
+        ('actuator = "kubernetes"', False),
     ],
 )
 def test_plans_by_default_where_workers_are_named(tmp_path: Path, text: str, plans: bool) -> None:

@@ -3,11 +3,14 @@ records every request (no cluster; the server speaks the scale subresource's JSO
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -17,10 +20,13 @@ from allocator.actuators.kubernetes import KubernetesActuator  # noqa: E402
 from allocator.errors import ActuatorError  # noqa: E402
 
 PREFIX = "/apis/apps/v1/namespaces/jizhi/deployments/"
+PODS = "/api/v1/namespaces/jizhi/pods"
 
 
 class FakeApi(BaseHTTPRequestHandler):
     deployments: ClassVar[dict[str, dict[str, int]]] = {}
+    pods: ClassVar[list[dict[str, Any]]] = []
+    """(labels, phase, podIP) of the namespace's pods, as the API lists them."""
     log: ClassVar[list[tuple[str, str, str, Any]]] = []
     fail_with: int | None = None
 
@@ -55,8 +61,24 @@ class FakeApi(BaseHTTPRequestHandler):
             return None
         return name
 
+    def _list_pods(self) -> None:
+        query = parse_qs(urlparse(self.path).query)
+        want = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
+        items = [
+            {
+                "metadata": {"name": f"pod-{i}", "labels": p["labels"]},
+                "status": {"phase": p["phase"], "podIP": p.get("ip")},
+            }
+            for i, p in enumerate(self.pods)
+            if all(p["labels"].get(k) == v for k, v in want.items())
+        ]
+        self._reply(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
+
     def do_GET(self) -> None:
         self.log.append(("GET", self.path, "", None))
+        if self.fail_with is None and urlparse(self.path).path == PODS:
+            self._list_pods()
+            return
         name = self._route()
         if name is not None:
             self._reply(200, self._scale(name))
@@ -74,20 +96,26 @@ class FakeApi(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def api() -> Iterator[tuple[Any, type[FakeApi]]]:
+def server() -> Iterator[str]:
+    """The fake API server's URL."""
     FakeApi.deployments = {"jizhi-score": {"spec": 3, "status": 2}}
+    FakeApi.pods = []
     FakeApi.log = []
     FakeApi.fail_with = None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
-    conf = kubernetes.client.Configuration()
-    conf.host = f"http://127.0.0.1:{server.server_address[1]}"
-    apps = kubernetes.client.AppsV1Api(kubernetes.client.ApiClient(conf))
     try:
-        yield apps, FakeApi
+        yield f"http://127.0.0.1:{http.server_address[1]}"
     finally:
-        server.shutdown()
+        http.shutdown()
+
+
+@pytest.fixture
+def api(server: str) -> tuple[Any, type[FakeApi]]:
+    conf = kubernetes.client.Configuration()
+    conf.host = server
+    return kubernetes.client.AppsV1Api(kubernetes.client.ApiClient(conf)), FakeApi
 
 
 def test_reads_running_replicas_and_patches_the_scale(api: tuple[Any, type[FakeApi]]) -> None:
@@ -117,3 +145,49 @@ def test_errors_say_whether_a_retry_helps(api: tuple[Any, type[FakeApi]]) -> Non
     with pytest.raises(ActuatorError, match="no deployment configured") as unknown:
         act.actual("embed")
     assert unknown.value.retriable is False
+
+
+def test_endpoints_are_the_running_pods_of_each_deployment(server: str, tmp_path: Path) -> None:
+    """Built as `jizhi allocator` builds it, from a kubeconfig (here pointing at the fake
+    server): the scale's selector finds the pods; only running ones with an IP are scraped."""
+    from jizhi.allocator_cli import _actuator, load  # noqa: PLC0415
+
+    FakeApi.pods = [
+        {"labels": {"app": "jizhi-score"}, "phase": "Running", "ip": "10.0.0.7"},
+        {"labels": {"app": "jizhi-score"}, "phase": "Pending"},
+        {"labels": {"app": "jizhi-rank"}, "phase": "Running", "ip": "10.0.0.9"},
+    ]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        'actuator = "kubernetes"\nstages = ["score"]\n'
+        f'[kubernetes]\nnamespace = "jizhi"\nkubeconfig = "{kubeconfig}"\n'
+    )
+    act = _actuator(load(cfg), argparse.Namespace(bootstrap="h:1", config=None), "demo")
+    assert isinstance(act, KubernetesActuator)
+    assert act.actual("score") == 2
+    assert act.endpoints() == ["http://10.0.0.7:9464/metrics"]
+    assert any("labelSelector=app%3Djizhi-score" in path for _, path, _, _ in FakeApi.log)
+
+
+def test_a_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    from allocator.errors import AllocatorConfigError  # noqa: PLC0415
+
+    with pytest.raises(AllocatorConfigError, match="kubeconfig"):
+        KubernetesActuator.from_config(
+            namespace="jizhi",
+            deployments={"score": "jizhi-score"},
+            kubeconfig=str(tmp_path / "none"),
+        )
