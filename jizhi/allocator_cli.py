@@ -27,7 +27,7 @@ from allocator.actuators.kubernetes import KubernetesActuator
 from allocator.actuators.local import LocalActuator, instance_name, jizhi_worker
 from allocator.actuators.topics import AdmissionPublisher, PlanPublisher, grow_topic
 from allocator.decide import AllocatorOptions, Decider
-from allocator.errors import AllocatorConfigError
+from allocator.errors import ActuatorError, AllocatorConfigError
 from allocator.history import History
 from allocator.observe import KafkaObserver, scrape
 from allocator.planner import curves, evaluate, plan_split, proportional_split
@@ -226,6 +226,7 @@ def _run(args: argparse.Namespace) -> int:
     options = AllocatorOptions(
         scaling=s.scaling, partitions=s.partitions, shed=s.shed, shedding=s.shedding
     )
+    plans = PlanPublisher(conf, control) if s.plans else None
     reconciler = Reconciler(
         p,
         tuple(s.stages),
@@ -239,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         if s.grow_partitions
         else None,
         publish_admission=AdmissionPublisher(conf, control) if s.shedding else None,
-        plans=PlanPublisher(conf, control) if s.plans else None,
+        plans=plans,
         instances=actuator.instances if isinstance(actuator, LocalActuator) else None,
         history=_history(s, p) if s.history else None,
         dry_run=args.dry_run,
@@ -269,7 +270,19 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if not args.keep_workers and isinstance(actuator, LocalActuator):
             actuator.close()  # compose replicas outlive the allocator, as compose's own do
+            if plans is not None and not args.dry_run:
+                _withdraw(plans, s.stages)
     return 0
+
+
+def _withdraw(plans: PlanPublisher, stages: list[str]) -> None:
+    """The allocator's workers are gone: so go its plans, or workers started by hand later
+    would idle under a plan that names none of them."""
+    for st in stages:
+        try:
+            plans.withdraw(st)
+        except ActuatorError as exc:
+            print(f"allocator: plan of {st} not withdrawn: {exc}", file=sys.stderr)
 
 
 def register(subparsers: Any) -> None:

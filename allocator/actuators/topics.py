@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from allocator.errors import ActuatorError
-from stages.runtime.control import AdmissionLimit, AssignmentPlan, claim_key
+from stages.runtime.control import AdmissionLimit, AssignmentPlan, claim_key, plan_key
 from stages.runtime.kafka import ControlPublisher, TransportError
 
 
@@ -69,6 +69,15 @@ class PlanPublisher:
         it itself): its partitions would otherwise stay blocked for the others."""
         try:
             self._publisher.delete(claim_key(stage, instance), 5.0)
+        except TransportError as exc:
+            raise ActuatorError(str(exc), retriable=exc.retriable) from exc
+
+    def withdraw(self, stage: str) -> None:
+        """Delete the stage's plan, once its named workers are gone (the allocator stopped
+        them): workers started later find no plan and are group members again, instead of
+        idling under a plan that names none of them."""
+        try:
+            self._publisher.delete(plan_key(stage), 5.0)
         except TransportError as exc:
             raise ActuatorError(str(exc), retriable=exc.retriable) from exc
 

@@ -91,3 +91,27 @@ def test_a_published_admission_rate_makes_ingest_shed(
     assert took < 5.0
     assert _gauge(port, p) == 5.0
     assert worker.terminate() == 0, workers.logs()
+
+
+def test_a_withdrawn_plan_is_gone_for_every_reader(kafka_bootstrap: str) -> None:
+    """What a stopping allocator does to its plans: a tombstone, after which a follower (a
+    worker starting later) finds no plan and joins the group as usual."""
+    from allocator.actuators.topics import PlanPublisher  # noqa: PLC0415
+    from stages.runtime.kafka import ControlFollower, ensure_control_topic  # noqa: PLC0415
+
+    conf = {"bootstrap.servers": kafka_bootstrap}
+    p = unique_pipeline("withdraw")
+    topic = ensure_control_topic(conf, p, replication=1)
+    plans = PlanPublisher(conf, topic)
+    plans("embed", {"a": [0, 1], "b": [2]})
+    plans("score", {"a": [0]})
+    before = ControlFollower(conf, topic)
+    assert before.catch_up()
+    assert before.plan("embed") is not None
+    before.close()
+    plans.withdraw("embed")
+    after = ControlFollower(conf, topic)
+    assert after.catch_up()
+    assert after.plan("embed") is None
+    assert after.plan("score") is not None  # only the withdrawn stage's plan went
+    after.close()
