@@ -94,8 +94,6 @@ class Keda:
 
 SIM_DAY = dt.datetime(2026, 1, 2, tzinfo=dt.UTC).timestamp()
 """Midnight of the simulated day (any date: only the time of day matters)."""
-LOOK_S = 10.0
-"""How often the recorded day was sampled: the loop's default interval."""
 
 
 @dataclass
@@ -130,7 +128,7 @@ class Jizhi:
     def _yesterday(self, trace: Trace) -> list[Record]:
         """The trace's previous day as the loop would have recorded it: ingest's arrival rate
         every look."""
-        every = max(1, round(LOOK_S / trace.dt))
+        every = max(1, round(self.control_s / trace.dt))
         t0 = SIM_DAY - DAY_S + trace.start_s
         return [
             Record(t0 + i * trace.dt, "ingest", 0, float(r), float(r), 0.0)
