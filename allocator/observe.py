@@ -1,14 +1,16 @@
-"""Observe: what the allocator reads each look, and where from.
+"""Observe: what the allocator reads each look, and the maths that turns looks into rates.
 
 Two sources, both re-read on every look (the loop is level-based, it trusts no cached state):
 
-- Kafka (`KafkaObserver`): per stage and partition, the input topic's end offset and the stage
-  group's committed offset. Lag is their difference; arrival and commit rates are their changes
-  between two looks (`Rates`).
+- Kafka (`allocator.observe_kafka.KafkaObserver`): per stage and partition, the input topic's end
+  offset and the stage group's committed offset. Lag is their difference; arrival and commit
+  rates are their changes between two looks (`Rates`).
 - The workers' Prometheus endpoints (`scrape`): events finished and busy seconds per stage (so a
   consumer's service rate while busy, the "true processing rate", which a lag-only rule cannot
   see), batch counts, shed answers, and the end-to-end latency histogram, whose bucket changes
   between two looks give the p99 of the last interval.
+
+This module imports no Kafka client: the simulator and the tests replay numbers through it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from __future__ import annotations
 import math
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from confluent_kafka import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocator.errors import ObserveError
+from stages import metrics
 
 # -- what one look sees -----------------------------------------------------------------------
 
@@ -58,7 +59,7 @@ class WorkerStats:
     shed: float = 0.0
     answered: float = 0.0
     latency_buckets: tuple[tuple[float, float], ...] = ()
-    """(upper bound in s, cumulative count) of jizhi_request_latency_seconds, status ok."""
+    """(upper bound in s, cumulative count) of `stages.metrics.REQUEST_LATENCY`, status ok."""
     expired: float = 0.0
     """Requests answered 'expired': their deadline passed inside the pipeline."""
 
@@ -67,102 +68,14 @@ class Observer(Protocol):
     def offsets(self) -> list[TopicOffsets]: ...
 
 
-# -- Kafka --------------------------------------------------------------------------------------
-
-
-class KafkaObserver:
-    """End and committed offsets of each stage's input topic, through the admin API."""
-
-    def __init__(
-        self,
-        conf: Mapping[str, Any],
-        topics: Mapping[str, tuple[str, str]],
-        *,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """``topics``: stage -> (input topic, consumer group)."""
-        from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - keeps imports light
-
-        self._admin = AdminClient(dict(conf))
-        self._topics = dict(topics)
-        self._timeout = timeout
-        self._clock = clock
-        self._where = conf.get("bootstrap.servers", "?")
-
-    def offsets(self) -> list[TopicOffsets]:
-        from confluent_kafka import (  # noqa: PLC0415
-            ConsumerGroupTopicPartitions,
-            KafkaException,
-            TopicPartition,
-        )
-        from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: PLC0415
-            OffsetSpec,
-        )
-
-        try:
-            meta = self._admin.list_topics(timeout=self._timeout)
-        except KafkaException as exc:
-            err = exc.args[0]
-            raise ObserveError(
-                f"cannot list topics at {self._where}: {err.str()}", retriable=_transient(err)
-            ) from exc
-        out = []
-        for stage, (topic, group) in self._topics.items():
-            tmeta = meta.topics.get(topic)
-            if tmeta is None or tmeta.error is not None:
-                continue  # not created yet: nothing to observe for this stage
-            parts = sorted(tmeta.partitions)
-            tps = [TopicPartition(topic, p) for p in parts]
-            try:
-                latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-                ends = self._admin.list_offsets(
-                    dict.fromkeys(tps, latest), request_timeout=self._timeout
-                )
-                end = [ends[tp].result(self._timeout).offset for tp in tps]
-                fut = self._admin.list_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(group, tps)], request_timeout=self._timeout
-                )[group]
-                got = {
-                    (t.topic, t.partition): t.offset
-                    for t in fut.result(self._timeout).topic_partitions
-                }
-            except KafkaException as exc:
-                err = exc.args[0]
-                raise ObserveError(
-                    f"cannot read offsets of {topic} (group {group}): {err.str()}",
-                    retriable=_transient(err),
-                ) from exc
-            committed = [max(-1, int(got.get((topic, p), -1))) for p in parts]
-            out.append(TopicOffsets(stage, topic, self._clock(), tuple(end), tuple(committed)))
-        return out
-
-
-_TRANSIENT = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-    }
-)
-
-
-def _transient(err: KafkaError) -> bool:
-    """Errors a new topic or a moving leader cause for a few seconds: look again later.
-
-    librdkafka does not flag all of them retriable on admin requests (a topic electing its
-    leaders answers NOT_LEADER_FOR_PARTITION), and an allocator must not die of them.
-    """
-    return bool(err.retriable()) or err.code() in _TRANSIENT
-
-
 # -- worker metrics -----------------------------------------------------------------------------
+
+# The series read, by the names the workers export them under.
+_BUSY = f"{metrics.PROCESSING_NAME}_sum"
+_BATCHES = f"{metrics.PROCESSING_NAME}_count"
+_EVENTS = f"{metrics.BATCH_SIZE_NAME}_sum"
+_ANSWERED = metrics.RESPONSES_NAME
+_LATENCY = f"{metrics.REQUEST_LATENCY_NAME}_bucket"
 
 
 def parse_metrics(text: str, *, pipeline: str, at: float) -> WorkerStats:
@@ -177,21 +90,19 @@ def parse_metrics(text: str, *, pipeline: str, at: float) -> WorkerStats:
             if s.labels.get("pipeline") != pipeline:
                 continue
             stage = s.labels.get("stage", "")
-            if s.name == "jizhi_stage_processing_seconds_sum":
+            if s.name == _BUSY:
                 busy[stage] = busy.get(stage, 0.0) + s.value
-            elif s.name == "jizhi_stage_processing_seconds_count":
+            elif s.name == _BATCHES:
                 batches[stage] = batches.get(stage, 0.0) + s.value
-            elif s.name == "jizhi_stage_batch_size_sum":
+            elif s.name == _EVENTS:
                 events[stage] = events.get(stage, 0.0) + s.value
-            elif s.name == "jizhi_responses_total":
+            elif s.name == _ANSWERED:
                 answered += s.value
                 if s.labels.get("status") == "shed":
                     shed += s.value
                 elif s.labels.get("status") == "expired":
                     expired += s.value
-            elif (
-                s.name == "jizhi_request_latency_seconds_bucket" and s.labels.get("status") == "ok"
-            ):
+            elif s.name == _LATENCY and s.labels.get("status") == "ok":
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
     return WorkerStats(

@@ -52,6 +52,7 @@ def measure(requests: int = 6_000) -> tuple[StageModel, ...]:
     from jizhi.config import PipelineSettings, Settings  # noqa: PLC0415
     from jizhi.demo import DemoOptions, run_demo  # noqa: PLC0415
     from jizhi.synth import Workload, WorldSpec  # noqa: PLC0415
+    from stages import metrics  # noqa: PLC0415
 
     spec = WorldSpec(users=20_000, items=100_000, dim=32)
     settings = Settings(pipeline=PipelineSettings(batch_size=64, default_timeout_ms=60_000))
@@ -69,11 +70,11 @@ def measure(requests: int = 6_000) -> tuple[StageModel, ...]:
             stage = s.labels.get("stage")
             if stage is None:
                 continue
-            if s.name == "jizhi_stage_processing_seconds_sum":
+            if s.name == f"{metrics.PROCESSING_NAME}_sum":
                 busy[stage] = busy.get(stage, 0.0) + s.value
-            elif s.name == "jizhi_stage_processing_seconds_count":
+            elif s.name == f"{metrics.PROCESSING_NAME}_count":
                 batches[stage] = batches.get(stage, 0.0) + s.value
-            elif s.name == "jizhi_stage_batch_size_sum":
+            elif s.name == f"{metrics.BATCH_SIZE_NAME}_sum":
                 events[stage] = events.get(stage, 0.0) + s.value
     out = []
     for name in STAGES:

@@ -29,13 +29,14 @@ from allocator.actuators.topics import AdmissionPublisher, PlanPublisher, grow_t
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import ActuatorError, AllocatorConfigError
 from allocator.history import History
-from allocator.observe import KafkaObserver, scrape
+from allocator.observe import scrape
+from allocator.observe_kafka import KafkaObserver
 from allocator.planner import curves, evaluate, plan_split, proportional_split
 from allocator.policy import PartitionOptions, ScalingOptions, ShedOptions
 from allocator.reconcile import Look, Reconciler
-from jizhi.config import STAGE_ORDER, jizhi_home, load_settings
+from jizhi.config import jizhi_home, load_settings, pipeline_of
 from jizhi.metrics_server import serve_metrics
-from stages.runtime.kafka import ensure_topics, group_id, topic_name
+from stages.runtime.kafka import ensure_topics, group_id, input_topic
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class AllocatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     actuator: Literal["local", "compose", "kubernetes"] = "local"
     """What starts and stops consumers: `jizhi worker` processes here, a compose service's
     replicas (``[compose]``) or a Deployment's (``[kubernetes]``)."""
-    stages: list[str] = msgspec.field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[str] = []
+    """The stages it sizes; empty: every stage the pipeline declares."""
     interval_s: float = 10.0
     worker_args: list[str] = []
     grow_partitions: bool = False
@@ -109,9 +111,6 @@ def load(path: Path | None) -> AllocatorSettings:
         raise AllocatorConfigError(f"allocator config {path}: {exc}") from exc
     except msgspec.ValidationError as exc:
         raise AllocatorConfigError(f"allocator config {path}: {exc}") from exc
-    unknown = [s for s in settings.stages if s not in STAGE_ORDER]
-    if unknown:
-        raise AllocatorConfigError(f"{path}: stages: unknown {unknown}")
     try:
         settings.scaling.validate()
     except ValueError as exc:
@@ -124,7 +123,7 @@ def load(path: Path | None) -> AllocatorSettings:
         ("kubernetes.deployments", settings.kubernetes.deployments),
     ):
         stray = sorted(set(names) - set(settings.stages))
-        if stray:
+        if stray and settings.stages:  # empty: the pipeline's stages, checked when it is read
             raise AllocatorConfigError(f"{path}: {table}: not in stages: {stray}")
     return settings
 
@@ -202,7 +201,15 @@ def _plan(s: AllocatorSettings, pipeline: str, cores: int) -> int:
 def _run(args: argparse.Namespace) -> int:
     s = load(args.allocator_config)
     settings = load_settings(args.config)
-    p = args.pipeline or settings.pipeline.name
+    service = settings.service(args.pipeline)
+    pipe = pipeline_of(service)
+    unknown = [st for st in s.stages if st not in pipe.names]
+    if unknown:
+        raise AllocatorConfigError(
+            f"stages: {unknown} are not stages of pipeline {pipe.name!r} ({list(pipe.names)})"
+        )
+    s = msgspec.structs.replace(s, stages=list(s.stages or pipe.names))
+    p = pipe.name
     if args.plan is not None:
         return _plan(s, p, args.plan)
     if not args.bootstrap:
@@ -213,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port:
         print(f"metrics: {serve_metrics(port, settings.metrics_addr)}", file=sys.stderr)
-    topics = {st: (topic_name(p, st), group_id(p, st)) for st in s.stages}
+    topics = {st: (input_topic(pipe, st), group_id(p, st)) for st in s.stages}
     control = f"jizhi.{p}.control"
     ensure_topics(
         conf,
@@ -235,8 +242,8 @@ def _run(args: argparse.Namespace) -> int:
         Decider(options),
         # Its own workers' endpoints, plus any given: workers it did not start (compose, a dry run).
         scrape=lambda urls: scrape([*urls, *args.scrape], pipeline=p),
-        deadline_s=settings.pipeline.default_timeout_ms / 1000.0,
-        grow_partitions=(lambda st, n: grow_topic(conf, topic_name(p, st), n))
+        deadline_s=service.default_timeout_ms / 1000.0,
+        grow_partitions=(lambda st, n: grow_topic(conf, input_topic(pipe, st), n))
         if s.grow_partitions
         else None,
         publish_admission=AdmissionPublisher(conf, control) if s.shedding else None,

@@ -1,23 +1,23 @@
 """The composition root: settings in, wired stages and stores out.
 
-Only this module knows which concrete store and stages a deployment uses; stages get their store
-and model through their constructors, never by looking them up.
+Only this module knows which concrete store a deployment uses; stages get their store and model
+through the `StageContext` their factories receive, never by looking them up.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from jizhi.config import STAGE_ORDER, ConfigError, Settings
+from jizhi.config import ConfigError, PipelineSettings, Settings, pipeline_of
 from stages.admission import Admission
-from stages.builtin import Embed, Features, Ingest, Rank, Score
+from stages.context import StageContext
 from stages.model import RankingModel
 from stages.runtime import BatchPolicy
-from stages.stage import Stage
-from storage import EmbeddedStore, LocalCache, ResultCache, TieredStore
+from storage import EmbeddedStore, LocalCache, TieredStore
 from storage.aerospike_store import AerospikeStore
 
 
@@ -37,65 +37,66 @@ def open_store(settings: Settings, path: Path | None = None) -> TieredStore:
     return TieredStore(EmbeddedStore(root, mode="r"), cache)
 
 
-def build_stages(
+T = TypeVar("T")
+
+
+class Once(Generic[T]):
+    """A resource opened on first use and then shared: a worker running only ``rank`` never
+    opens the store, and every stage of a process reads through one local cache."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
+
+    @property
+    def opened(self) -> T | None:
+        return self._value
+
+
+def stage_context(
     settings: Settings,
-    names: tuple[str, ...] | list[str],
+    pipeline: PipelineSettings,
     *,
-    store: TieredStore | None,
-    model: RankingModel | None,
+    store: Callable[[], TieredStore] | None = None,
+    model: Callable[[], RankingModel] | None = None,
     admission: Admission | None = None,
     clock: Callable[[], float] = time.time,
-) -> list[Stage[Any]]:
-    """The named stages, in pipeline order, wired to their dependencies."""
-    unknown = [n for n in names if n not in STAGE_ORDER]
-    if unknown:
-        raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
-    order = [STAGE_ORDER.index(n) for n in names]
-    if order != sorted(order) or len(set(order)) != len(order):
-        raise ConfigError(f"stages: {list(names)} are not in pipeline order {list(STAGE_ORDER)}")
-    p = settings.pipeline
-    built: list[Stage[Any]] = []
-    for name in names:
-        if name == "ingest":
-            built.append(
-                Ingest(
-                    default_timeout_ms=p.default_timeout_ms,
-                    admission=admission
-                    or Admission(rate=p.admission_rate, min_budget_ms=p.min_budget_ms, clock=clock),
-                    clock=clock,
-                )
-            )
-        elif name in ("features", "embed"):
-            if store is None:
-                raise ConfigError(f"stage {name} needs an embedding store")
-            if name == "features":
-                built.append(
-                    Features(store, table=settings.store.user_table, context_dim=p.context_dim)
-                )
-            else:
-                built.append(Embed(store, table=settings.store.item_table))
-        elif name == "score":
-            if model is None:
-                raise ConfigError("stage score needs a model (model.path)")
-            towers = (
-                ResultCache(
-                    settings.store.tower_cache_bytes,
-                    dim=model.shape.tower_dim,
-                    ttl=settings.store.tower_cache_ttl_s,
-                )
-                if settings.store.tower_cache_bytes
-                else None
-            )
-            built.append(Score(model, towers=towers))
-        else:
-            built.append(Rank())
-    return built
+) -> StageContext:
+    """What the pipeline's stages are built from: its settings and the shared resources."""
+    p = pipeline
+    extra: dict[str, Any] = {}
+    if store is not None:
+        extra["store"] = store
+    if model is not None:
+        extra["model"] = model
+    return StageContext(
+        pipeline=p.name,
+        default_timeout_ms=p.default_timeout_ms,
+        min_budget_ms=p.min_budget_ms,
+        admission_rate=p.admission_rate,
+        context_dim=p.context_dim,
+        user_table=settings.store.user_table,
+        item_table=settings.store.item_table,
+        tower_cache_bytes=settings.store.tower_cache_bytes,
+        tower_cache_ttl_s=settings.store.tower_cache_ttl_s,
+        admission=admission
+        or Admission(rate=p.admission_rate, min_budget_ms=p.min_budget_ms, clock=clock),
+        clock=clock,
+        **extra,
+    )
 
 
-def batch_policies(settings: Settings) -> dict[str, BatchPolicy]:
-    p = settings.pipeline
-    policy = BatchPolicy(max_size=p.batch_size, max_wait_ms=p.batch_wait_ms)
-    return dict.fromkeys(STAGE_ORDER, policy)
+def batch_policies(pipeline: PipelineSettings) -> dict[str, BatchPolicy]:
+    """One micro-batch policy for every stage of the pipeline (a custom stage included)."""
+    policy = BatchPolicy(max_size=pipeline.batch_size, max_wait_ms=pipeline.batch_wait_ms)
+    return dict.fromkeys(pipeline_of(pipeline).names, policy)
 
 
 def cache_hit_ratio(store: TieredStore, tables: tuple[str, ...]) -> float:

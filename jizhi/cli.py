@@ -21,7 +21,7 @@ from stages.errors import JizhiError
 def _demo(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     pipeline = msgspec.structs.replace(
-        settings.pipeline,
+        settings.service(args.pipeline),
         **{
             k: v
             for k, v in {
@@ -36,7 +36,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.cache_mb is not None:
         store = msgspec.structs.replace(store, cache_bytes=int(args.cache_mb * (1 << 20)))
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
-    settings = msgspec.structs.replace(settings, pipeline=pipeline, store=store, metrics_port=port)
+    # The demo runs one service: the chosen one becomes the config's only pipeline.
+    settings = msgspec.structs.replace(
+        settings, pipeline=pipeline, pipelines=[], store=store, metrics_port=port
+    )
     spec = WorldSpec(
         users=args.users,
         items=args.items,
@@ -110,6 +113,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--cache-mb", type=float, default=None, help="local embedding cache size (64)")
     p.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    p.add_argument("--pipeline", default=None, help="which declared pipeline to run (the first)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port; 0 = off (9464)")
     p.add_argument("--world-dir", type=Path, default=None, help="where generated data is kept")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")

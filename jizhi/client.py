@@ -18,38 +18,16 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from jizhi.config import STAGE_ORDER
 from stages.codec import CodecError, DeadLetterCodec, ResponseCodec
 from stages.events import DeadLetter, Request, Response
 from stages.runtime.kafka import (
     REQUESTS_MAX_MESSAGE_BYTES,
     TransportError,
     consume_batch,
-    ensure_topics,
     topic_name,
 )
 
 log = logging.getLogger(__name__)
-
-
-def pipeline_topics(pipeline: str) -> list[str]:
-    """Every topic a pipeline uses: one input per stage, responses, dead letters."""
-    return [topic_name(pipeline, s) for s in (*STAGE_ORDER, "responses", "dead")]
-
-
-def ensure_pipeline_topics(
-    conf: Mapping[str, Any], pipeline: str, *, partitions: int, replication: int
-) -> list[str]:
-    """Create the pipeline's topics that do not exist yet (idempotent; safe to race)."""
-    return ensure_topics(
-        conf,
-        pipeline_topics(pipeline),
-        partitions=partitions,
-        replication=replication,
-        config={
-            topic_name(pipeline, "ingest"): {"max.message.bytes": str(REQUESTS_MAX_MESSAGE_BYTES)}
-        },
-    )
 
 
 class Client:
@@ -70,7 +48,7 @@ class Client:
         topic_wait: float = 15.0,
     ) -> None:
         base: dict[str, Any] = {"bootstrap.servers": bootstrap, **(conf or {})}
-        self.requests_topic = topic_name(pipeline, "ingest")
+        self.requests_topic = topic_name(pipeline, "requests")
         self.responses_topic = topic_name(pipeline, "responses")
         self.dead_topic = topic_name(pipeline, "dead")
         self._producer = Producer(

@@ -14,10 +14,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from stages.errors import JizhiError
+from stages.errors import JizhiError, PipelineConfigError
+from stages.pipeline import Pipeline
+from stages.registry import DEFAULT_STAGES, StageEntry, build_pipeline
 from storage.aerospike_store import AerospikeSettings
-
-STAGE_ORDER = ("ingest", "features", "embed", "score", "rank")
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -28,9 +28,18 @@ class ConfigError(JizhiError):
 
 
 class PipelineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How requests flow: stage order, micro-batching, in-memory queues, deadlines, admission."""
+    """A service: its stages in order, micro-batching, in-memory queues, deadline, priority.
+
+    ``stages`` lists built-in names or ``package.module:Class`` paths, or tables
+    ``{use = ..., name = ..., params = {...}}``. ``priority`` (higher first) decides which
+    service keeps its cores when the allocator's budget is short. ``model`` is this service's
+    model file; empty means ``[model].path``.
+    """
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "demo"
+    stages: list[str | StageEntry] = msgspec.field(default_factory=lambda: list(DEFAULT_STAGES))
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    model: str = ""
     batch_size: Positive = 64
     batch_wait_ms: NonNegative = 2.0
     queue_capacity: Positive = 1024
@@ -83,12 +92,35 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[pipeline]`` is the one service, or, when ``[[pipelines]]`` declares several, the
+    defaults every one of them starts from."""
+
     pipeline: PipelineSettings = PipelineSettings()
+    pipelines: list[PipelineSettings] = []
     store: StoreSettings = StoreSettings()
     model: ModelSettings = ModelSettings()
     kafka: KafkaSettings = KafkaSettings()
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     metrics_addr: str = "127.0.0.1"
+
+    @property
+    def services(self) -> list[PipelineSettings]:
+        """Every declared pipeline, in the config's order."""
+        return list(self.pipelines) if self.pipelines else [self.pipeline]
+
+    def service(self, name: str | None = None) -> PipelineSettings:
+        """The pipeline called ``name``; without a name, the only (or first) one."""
+        if name is None:
+            return self.services[0]
+        for p in self.services:
+            if p.name == name:
+                return p
+        raise ConfigError(
+            f"no pipeline named {name!r}; declared: {[p.name for p in self.services]}"
+        )
+
+    def model_path(self, pipeline: PipelineSettings) -> str:
+        return pipeline.model or self.model.path
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -103,10 +135,41 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    if isinstance(raw.get("pipelines"), list):
+        defaults = raw.get("pipeline", {})
+        if isinstance(defaults, dict):
+            defaults = {k: v for k, v in defaults.items() if k != "name"}
+            raw["pipelines"] = [
+                {**defaults, **p} if isinstance(p, dict) else p for p in raw["pipelines"]
+            ]
     try:
-        return msgspec.convert(raw, Settings)
+        settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_dotted(str(exc))}") from exc
+    try:
+        check_pipelines(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return settings
+
+
+def check_pipelines(settings: Settings) -> None:
+    """Resolve every declared stage now, so a typo fails at start, naming its key."""
+    names = [p.name for p in settings.services]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"pipelines: the name(s) {twice} are declared twice")
+    for i, p in enumerate(settings.services):
+        where = f"pipelines[{i}].stages" if settings.pipelines else "pipeline.stages"
+        pipeline_of(p, where=where)
+
+
+def pipeline_of(p: PipelineSettings, *, where: str = "pipeline.stages") -> Pipeline:
+    """The declared shape of a service, every stage resolved and its parameters validated."""
+    try:
+        return build_pipeline(p.name, p.stages, where=where)
+    except PipelineConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _dotted(message: str) -> str:

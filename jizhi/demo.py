@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from jizhi.assemble import batch_policies, build_stages, cache_hit_ratio, open_store
-from jizhi.config import Settings
+from jizhi.assemble import batch_policies, cache_hit_ratio, open_store, stage_context
+from jizhi.config import Settings, pipeline_of
 from jizhi.synth import (
     RequestEncoder,
     Workload,
@@ -125,26 +125,28 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
     if opts.progress:
         print(f"world ready in {time.monotonic() - t0:.1f}s at {world.root}", file=out)
     settings = opts.settings
+    service = settings.service()
+    pipeline = pipeline_of(service)
     store = open_store(settings, world.store_path)
-    model = RankingModel.load(world.model_path)
+    model_path = settings.model_path(service)
+    model = RankingModel.load(Path(model_path) if model_path else world.model_path)
     if opts.warm_up:
         warm_up(store, world.spec, opts.workload)
     tally = Tally()
     tally.keep_responses = opts.keep_responses
-    names = ("ingest", "features", "embed", "score", "rank")
-    stages = build_stages(settings, names, store=store, model=model)
-    source = BoundedQueue(settings.pipeline.queue_capacity)
+    context = stage_context(settings, service, store=lambda: store, model=lambda: model)
+    source = BoundedQueue(service.queue_capacity)
     chain = Chain(
-        stages,
+        pipeline.build(pipeline.names, context),
         source,
         forward=None,
         answers=CallbackSink(tally.add),
         dead=CallbackSink(tally.add_dead),
-        pipeline=settings.pipeline.name,
-        policies=batch_policies(settings),
-        queue_capacity=settings.pipeline.queue_capacity,
+        pipeline=pipeline.name,
+        policies=batch_policies(service),
+        queue_capacity=service.queue_capacity,
         first_takes_events=False,
-        threads=settings.pipeline.threads,
+        threads=service.threads,
     )
     publisher = _Publisher(opts, world, source)
     chain.start()
@@ -177,7 +179,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stderr) -> DemoResult:
         drained=drained,
         rate_target_rps=opts.rate,
         candidates=opts.workload.candidates,
-        batch_size=settings.pipeline.batch_size,
+        batch_size=service.batch_size,
     )
     return DemoResult(
         summary=summary,

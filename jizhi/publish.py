@@ -20,12 +20,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from jizhi.client import Client, ensure_pipeline_topics
+from jizhi.client import Client
 from jizhi.synth import RequestEncoder, Workload, WorldSpec, publish_chunk
 from jizhi.tally import Tally
 from jizhi.world_args import add_world_args, world_spec
 from stages.errors import JizhiError
 from stages.events import DeadLetter, Response
+from stages.runtime.kafka import ensure_pipeline_topics
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Any
 from stages.events import DeadLetter, Event, Response
 from stages.runtime.channel import Envelope
 from stages.runtime.runner import BatchPolicy, Routes, StageRunner
-from stages.stage import Stage
+from stages.stage import Stage, takes_of
 
 
 class _ListSink:
@@ -69,7 +69,7 @@ class StageHarness:
             Routes(forward=None if last else self._forward, answers=self._answers, dead=self._dead),
             pipeline=pipeline,
             policy=BatchPolicy(max_size=batch_size, max_wait_ms=0),
-            takes_events=stage.name != "ingest" if takes_events is None else takes_events,
+            takes_events=takes_of(stage) == "events" if takes_events is None else takes_events,
             clock=clock,
         )
 

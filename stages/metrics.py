@@ -31,63 +31,79 @@ LATENCY_BUCKETS: Final = (
 )
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
+# The exposed names, for whoever reads them back (the allocator's scrape, benches, tests) to
+# import instead of copying. A counter's is its sample name, with ``_total`` (prometheus_client
+# strips it from the family name and puts it back on the sample); a histogram's samples add
+# ``_bucket``, ``_sum`` and ``_count``.
+EVENTS_NAME: Final = "jizhi_stage_events_total"
+BATCH_SIZE_NAME: Final = "jizhi_stage_batch_size"
+PROCESSING_NAME: Final = "jizhi_stage_processing_seconds"
+STAGE_LATENCY_NAME: Final = "jizhi_stage_latency_seconds"
+QUEUE_DEPTH_NAME: Final = "jizhi_stage_queue_depth"
+RESPONSES_NAME: Final = "jizhi_responses_total"
+REQUEST_LATENCY_NAME: Final = "jizhi_request_latency_seconds"
+DEADLINE_BUDGET_NAME: Final = "jizhi_request_budget_seconds"
+SHED_LEVEL_NAME: Final = "jizhi_ingest_admission_rate"
+CONSUMER_LAG_NAME: Final = "jizhi_consumer_lag"
+DELIVERY_ERRORS_NAME: Final = "jizhi_kafka_delivery_errors_total"
+
 EVENTS: Final = Counter(
-    "jizhi_stage_events_total",
+    EVENTS_NAME,
     "Events a stage finished, by outcome (ok, expired, shed, invalid, dead_letter).",
     ["pipeline", "stage", "outcome"],
 )
 BATCH_SIZE: Final = Histogram(
-    "jizhi_stage_batch_size",
+    BATCH_SIZE_NAME,
     "Events per micro-batch handed to a stage.",
     ["pipeline", "stage"],
     buckets=BATCH_BUCKETS,
 )
 PROCESSING: Final = Histogram(
-    "jizhi_stage_processing_seconds",
+    PROCESSING_NAME,
     "Time a stage spent in process() per micro-batch.",
     ["pipeline", "stage"],
     buckets=LATENCY_BUCKETS,
 )
 STAGE_LATENCY: Final = BatchHistogram(
-    "jizhi_stage_latency_seconds",
+    STAGE_LATENCY_NAME,
     "Time from a request's creation until this stage finished it (end-to-end so far).",
     ["pipeline", "stage"],
     buckets=LATENCY_BUCKETS,
 )
 QUEUE_DEPTH: Final = Gauge(
-    "jizhi_stage_queue_depth",
+    QUEUE_DEPTH_NAME,
     "Events waiting in a stage's in-memory input queue.",
     ["pipeline", "stage"],
 )
 RESPONSES: Final = Counter(
-    "jizhi_responses_total",
+    RESPONSES_NAME,
     "Requests answered, by status.",
     ["pipeline", "status"],
 )
 REQUEST_LATENCY: Final = BatchHistogram(
-    "jizhi_request_latency_seconds",
+    REQUEST_LATENCY_NAME,
     "End-to-end latency of answered requests, from creation to answer, by status.",
     ["pipeline", "status"],
     buckets=LATENCY_BUCKETS,
 )
 DEADLINE_BUDGET: Final = BatchHistogram(
-    "jizhi_request_budget_seconds",
+    DEADLINE_BUDGET_NAME,
     "The deadline budget (deadline minus creation) of admitted requests.",
     ["pipeline"],
     buckets=LATENCY_BUCKETS,
 )
 SHED_LEVEL: Final = Gauge(
-    "jizhi_ingest_admission_rate",
+    SHED_LEVEL_NAME,
     "Admission rate limit in requests/s that ingest currently applies (0 = unlimited).",
     ["pipeline"],
 )
 CONSUMER_LAG: Final = Gauge(
-    "jizhi_consumer_lag",
+    CONSUMER_LAG_NAME,
     "Messages between a partition's end and the stage's consumed position (from librdkafka).",
     ["pipeline", "stage", "topic", "partition"],
 )
 DELIVERY_ERRORS: Final = Counter(
-    "jizhi_kafka_delivery_errors_total",
+    DELIVERY_ERRORS_NAME,
     "Records the broker did not acknowledge after librdkafka's retries.",
     ["pipeline", "topic"],
 )

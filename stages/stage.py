@@ -9,13 +9,20 @@ will not serve becomes an event with a terminal status (answered early) or a `De
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 from stages.events import DeadLetter, Event
 
 In_contra = TypeVar("In_contra", contravariant=True)
 
 Result = Event | DeadLetter
+
+Takes = Literal["requests", "events"]
+"""What a stage reads: raw request bytes from clients (the pipeline's edge), or the `Event`s an
+earlier stage made. A stage says which through a ``takes`` attribute; without one it takes
+events."""
+
+EDGE: Final = "requests"
 
 
 @runtime_checkable
@@ -41,9 +48,18 @@ class BaseStage:
     """Default no-op hooks so a stage only writes ``process``."""
 
     name: str = "stage"
+    takes: Takes = "events"
 
     def open(self) -> None:
         return None
 
     def close(self) -> None:
         return None
+
+
+def takes_of(stage: object) -> Takes:
+    """The input kind a stage (instance or class) declares; events unless it says otherwise."""
+    takes = getattr(stage, "takes", "events")
+    if takes not in ("requests", "events"):
+        raise ValueError(f"{stage!r}: takes must be 'requests' or 'events', not {takes!r}")
+    return "requests" if takes == "requests" else "events"

@@ -12,31 +12,20 @@ from typing import Any
 
 from allocator.errors import ActuatorError
 from stages.runtime.control import AdmissionLimit, AssignmentPlan, claim_key, plan_key
-from stages.runtime.kafka import ControlPublisher, TransportError
+from stages.runtime.kafka import ControlPublisher, KafkaAdmin, TransportError
 
 
 def grow_topic(conf: Mapping[str, Any], topic: str, partitions: int, timeout: float = 30.0) -> None:
     """Grow ``topic`` to ``partitions`` (Kafka never shrinks a topic; asking for fewer or the
     same is a no-op here, not an error)."""
-    from confluent_kafka import KafkaException  # noqa: PLC0415
-    from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: PLC0415
-        AdminClient,
-        NewPartitions,
-    )
-
-    admin = AdminClient(dict(conf))
-    meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
-    if meta is None or meta.error is not None or len(meta.partitions) >= partitions:
-        return
-    fut = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
     try:
-        fut.result(timeout)
-    except KafkaException as exc:
-        err = exc.args[0]
-        raise ActuatorError(
-            f"cannot grow {topic} to {partitions} partitions: {err.str()}",
-            retriable=err.retriable(),
-        ) from exc
+        admin = KafkaAdmin(conf, timeout=timeout)
+        now = admin.partition_counts().get(topic)
+        if now is None or now >= partitions:
+            return
+        admin.create_partitions(topic, partitions)
+    except TransportError as exc:
+        raise ActuatorError(str(exc), retriable=exc.retriable) from exc
 
 
 class AdmissionPublisher:

@@ -7,15 +7,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
-
-from confluent_kafka.admin import AdminClient
 
 from jizhi.local.config import kafka_uuid
 from jizhi.local.errors import LocalClusterError
 from jizhi.local.paths import libs_dir, node_dir
 from jizhi.local.process import is_alive, read_pid, tail
 from jizhi.local.state import Node, State
+from stages.runtime.kafka import KafkaAdmin, TransportError
 
 
 def _java_cmd(
@@ -109,7 +107,7 @@ def wait_ready(sdir: Path, state: State, node_ids: list[int], timeout: float) ->
     """Returns once the cluster's metadata lists every node in `node_ids`: an open port is not
     enough, a broker accepts connections seconds before it has joined the quorum."""
     deadline = time.monotonic() + timeout
-    admin: Any = None
+    admin: KafkaAdmin | None = None
     seen: set[int] = set()
     while time.monotonic() < deadline:
         for node_id in node_ids:
@@ -124,11 +122,11 @@ def wait_ready(sdir: Path, state: State, node_ids: list[int], timeout: float) ->
                 )
         if admin is None and any(_connectable(n.port) for n in state.nodes):
             # log_level 0: librdkafka would print every refused connection to a booting node.
-            admin = AdminClient({"bootstrap.servers": state.bootstrap, "log_level": 0})
+            admin = KafkaAdmin({"bootstrap.servers": state.bootstrap, "log_level": 0}, timeout=2)
         if admin is not None:
             try:
-                seen = {int(b) for b in admin.list_topics(timeout=2).brokers}
-            except Exception:  # KafkaException while the quorum elects a leader
+                seen = admin.brokers()
+            except TransportError:  # while the quorum elects a leader
                 seen = set()
             if set(node_ids) <= seen:
                 return

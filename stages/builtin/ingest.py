@@ -26,6 +26,7 @@ class Ingest(BaseStage):
     """Turns raw request bytes into events; one output per input, in order."""
 
     name = "ingest"
+    takes = "requests"
 
     def __init__(
         self,

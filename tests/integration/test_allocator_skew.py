@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from allocator.actuators.topics import PlanPublisher
 from allocator.policy import assign_partitions
+from stages import metrics
 from stages.codec import EventCodec
 from stages.events import Request
 from stages.runtime.kafka import ControlFollower, control_topic, ensure_topics, topic_name
@@ -58,7 +59,7 @@ def _produce(
     """``n`` requests spread over partitions by the weights, interleaved, at ``rate`` per second
     (None: as fast as it goes); returns their ids."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    topic = topic_name(pipeline, "ingest")
+    topic = topic_name(pipeline, "requests")
     order = [p for p, c in enumerate(_counts(n)) for _ in range(c)]
     np.random.default_rng(len(tag)).shuffle(order)
     ids = []
@@ -109,7 +110,7 @@ def _processed(port: int, pipeline: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     labels = rf'pipeline="{re.escape(pipeline)}",stage="ingest"'
-    m = re.search(rf"jizhi_stage_batch_size_sum{{{labels}}} (\S+)", text)
+    m = re.search(rf"{metrics.BATCH_SIZE_NAME}_sum{{{labels}}} (\S+)", text)
     return float(m.group(1)) if m else 0.0
 
 
@@ -149,7 +150,7 @@ def test_balanced_assignment_through_the_control_topic(
     conf = {"bootstrap.servers": kafka_bootstrap}
     ensure_topics(
         conf,
-        [topic_name(p, "ingest"), topic_name(p, "features")],
+        [topic_name(p, "requests"), topic_name(p, "features")],
         partitions=PARTITIONS,
         replication=1,
     )

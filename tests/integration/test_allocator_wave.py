@@ -41,7 +41,8 @@ from allocator.actuators.local import LocalActuator, instance_name
 from allocator.actuators.topics import PlanPublisher
 from allocator.decide import AllocatorOptions, Decider
 from allocator.errors import ObserveError
-from allocator.observe import KafkaObserver, scrape
+from allocator.observe import scrape
+from allocator.observe_kafka import KafkaObserver
 from allocator.policy import ScalingOptions
 from allocator.reconcile import Look, Reconciler
 from stages.runtime.kafka import ensure_control_topic, ensure_topics, group_id, topic_name

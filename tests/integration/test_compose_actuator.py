@@ -17,7 +17,7 @@ import yaml
 
 from allocator.actuators.compose import ComposeActuator, worker_service
 from allocator.errors import ActuatorError, AllocatorConfigError
-from jizhi.config import STAGE_ORDER
+from stages.registry import DEFAULT_STAGES
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 
@@ -169,7 +169,7 @@ def test_default_services_are_the_compose_files_worker_services(docker: FakeDock
 
 def test_the_default_names_match_the_real_compose_file() -> None:
     services: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-    for stage in STAGE_ORDER:
+    for stage in DEFAULT_STAGES:
         service = worker_service(stage, services)
         assert service is not None, stage
         command = services[service]["command"]

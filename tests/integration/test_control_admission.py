@@ -59,7 +59,7 @@ def test_a_published_admission_rate_makes_ingest_shed(
         i = 0
         while not stop.is_set():
             req = Request(f"r{i}", user_id=i, candidates=[1, 2], timeout_ms=60_000.0)
-            producer.produce(topic_name(p, "ingest"), msgspec.json.encode(req), str(i).encode())
+            producer.produce(topic_name(p, "requests"), msgspec.json.encode(req), str(i).encode())
             producer.poll(0)
             i += 1
             time.sleep(0.01)

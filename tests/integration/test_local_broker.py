@@ -16,12 +16,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic lacks __all__
-    AdminClient,
-    NewTopic,
-)
 
 from jizhi import local
+from stages.runtime.kafka import KafkaAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +31,10 @@ def _create_topic(
     replication: int = 1,
     config: dict[str, str] | None = None,
 ) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = NewTopic(
-        topic, num_partitions=partitions, replication_factor=replication, config=config or {}
+    created = KafkaAdmin({"bootstrap.servers": bootstrap}).create_topics(
+        [topic], partitions=partitions, replication=replication, config={topic: config or {}}
     )
-    for future in admin.create_topics([new], operation_timeout=30).values():
-        future.result(timeout=30)
+    assert created == [topic], f"{topic} existed before the test"
 
 
 def _consume(bootstrap: str, topic: str, count: int, *, timeout: float = 30.0) -> list[Any]:
@@ -188,8 +183,7 @@ def test_three_brokers_survive_a_killed_broker(
     assert producer.flush(30) == 0
 
     # Kill the leader of partition 0 (the node clients are talking to), not just any node.
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    victim = int(admin.list_topics(topic, timeout=10).topics[topic].partitions[0].leader)
+    victim = int(producer.list_topics(topic, timeout=10).topics[topic].partitions[0].leader)
     local.kill_broker(victim, state_dir=three_brokers)
     after = {b.node_id: b.alive for b in local.status(state_dir=three_brokers).brokers}
     assert after[victim] is False

@@ -11,6 +11,7 @@ import pytest
 
 from jizhi.demo import DemoOptions, run_demo
 from jizhi.publish import NotReadyError, PublishOptions, run_publish
+from stages import metrics
 from tests.integration.workerkit import (
     WORLD,
     Background,
@@ -71,10 +72,10 @@ def test_five_workers_answer_like_the_embedded_pipeline(
     # Consumer lag per partition is exported (librdkafka statistics, every second here).
     deadline = time.monotonic() + 10
     text = ""
-    while time.monotonic() < deadline and "jizhi_consumer_lag{" not in text:
+    while time.monotonic() < deadline and f"{metrics.CONSUMER_LAG_NAME}{{" not in text:
         time.sleep(0.5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    lag = [line for line in text.splitlines() if line.startswith("jizhi_consumer_lag{")]
+    lag = [ln for ln in text.splitlines() if ln.startswith(f"{metrics.CONSUMER_LAG_NAME}{{")]
     assert lag and all('stage="embed"' in line for line in lag), text[-2000:]
     assert len(lag) == 4  # one gauge per owned partition
 

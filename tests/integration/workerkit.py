@@ -31,7 +31,7 @@ CONFIG = """
 [pipeline]
 batch_size = 64
 batch_wait_ms = 2.0
-
+{stages}
 [kafka]
 partitions = {partitions}
 exactly_once = {exactly_once}
@@ -113,24 +113,35 @@ class Workers:
     world_dir: Path
     tmp: Path
     exactly_once: bool = False
+    stages: str = ""
+    """A TOML array for ``[pipeline].stages`` (default: the built-in five)."""
+    pipelines: str = ""
+    """TOML appended to the config: ``[[pipelines]]`` tables."""
     procs: list[WorkerProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.config = self.tmp / f"{self.pipeline}.toml"
         self.config.write_text(
-            CONFIG.format(partitions=PARTITIONS, exactly_once=str(self.exactly_once).lower())
+            CONFIG.format(
+                partitions=PARTITIONS,
+                exactly_once=str(self.exactly_once).lower(),
+                stages=f"stages = {self.stages}\n" if self.stages else "",
+            )
+            + self.pipelines
         )
 
     def start(self, stages: str, *extra: str) -> WorkerProc:
-        log = self.tmp / f"worker-{len(self.procs)}-{stages.replace(',', '-')}.log"
+        """A worker running ``stages``; several ``--stages`` values are separated by spaces."""
+        tag = stages.replace(",", "-").replace(" ", "+").replace(":", "_")
+        log = self.tmp / f"worker-{len(self.procs)}-{tag}.log"
+        selected = [arg for s in stages.split() for arg in ("--stages", s)]
         cmd = [
             sys.executable,
             "-m",
             "jizhi.cli",
             "-v",
             "worker",
-            "--stages",
-            stages,
+            *selected,
             "--bootstrap",
             self.bootstrap,
             "--pipeline",
@@ -183,13 +194,14 @@ def publish(
     *,
     answer_timeout_s: float = 60.0,
     keep_responses: bool = False,
+    timeout_ms: float = 60_000.0,
 ) -> PublishResult:
     return run_publish(
         PublishOptions(
             bootstrap=bootstrap,
             pipeline=pipeline,
             world=WORLD,
-            workload=workload(requests),
+            workload=workload(requests, timeout_ms=timeout_ms),
             rate=rate,
             answer_timeout_s=answer_timeout_s,
             partitions=PARTITIONS,

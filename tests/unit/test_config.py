@@ -165,7 +165,7 @@ def test_bad_value_names_dotted_key(tmp_path: Path, toml: str, key: str, detail:
         ("[pipeline]\nbatch_sise = 8", "pipeline.batch_sise"),
         ("[store]\ncache = 1", "store.cache"),
         ("[model]\nfile = 'x'", "model.file"),
-        ("[pipelines]\nbatch_size = 8", "pipelines"),
+        ("[piplines]\nbatch_size = 8", "piplines"),
     ],
 )
 def test_unknown_key_is_named_in_full(tmp_path: Path, toml: str, key: str) -> None:

@@ -15,8 +15,11 @@ never seen.
 The allocator's control topic (``jizhi.<pipeline>.control``: admission rate, assignment plans,
 workers' claims) is read by `ControlFollower`; with a plan for its stage a source leaves the
 group and follows the plan (see `stages.runtime.control`).
+
+Every admin request (topics, partitions, offsets, groups) of jizhi goes through `KafkaAdmin`.
 """
 
+from stages.runtime.kafka.admin import KafkaAdmin
 from stages.runtime.kafka.control import (
     ControlFollower,
     ControlPublisher,
@@ -29,21 +32,30 @@ from stages.runtime.kafka.source import KafkaSource, consume_batch
 from stages.runtime.kafka.topics import (
     REQUESTS_MAX_MESSAGE_BYTES,
     TransportError,
+    ensure_pipeline_topics,
     ensure_topics,
     group_id,
+    input_topic,
+    output_topic,
+    pipeline_topics,
     topic_name,
 )
 from stages.runtime.kafka.transactional import ChainOutputs, Output, TransactionalChain
+from stages.runtime.kafka.worker import Deployment, KafkaOptions, KafkaWorker
 
 __all__ = [
     "REQUESTS_MAX_MESSAGE_BYTES",
     "ChainOutputs",
     "ControlFollower",
     "ControlPublisher",
+    "Deployment",
     "Encoder",
     "Headers",
+    "KafkaAdmin",
+    "KafkaOptions",
     "KafkaSink",
     "KafkaSource",
+    "KafkaWorker",
     "Output",
     "PlanControl",
     "SharedProducer",
@@ -52,7 +64,11 @@ __all__ = [
     "consume_batch",
     "control_topic",
     "ensure_control_topic",
+    "ensure_pipeline_topics",
     "ensure_topics",
     "group_id",
+    "input_topic",
+    "output_topic",
+    "pipeline_topics",
     "topic_name",
 ]

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from stages.runtime.control import (
     AssignmentPlan,
@@ -28,6 +27,7 @@ from stages.runtime.control import (
     encode,
     handover,
 )
+from stages.runtime.kafka.admin import KafkaAdmin
 from stages.runtime.kafka.topics import TransportError, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class ControlFollower:
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         self._publisher = ControlPublisher(conf, topic)
-        self._admin: AdminClient | None = None
+        self._admin: KafkaAdmin | None = None
         self._state = ControlState()
         self._cond = threading.Condition()
         self._next = 0  # the next offset to read
@@ -214,13 +214,12 @@ class ControlFollower:
     def group_empty(self, group: str, timeout: float = 5.0) -> bool:
         """No group-managed member in ``group`` (static members linger until their session
         times out). False when the broker cannot say."""
-        if self._admin is None:
-            self._admin = AdminClient(self._conf)
         try:
-            desc = self._admin.describe_consumer_groups([group], request_timeout=timeout)[group]
-            return not desc.result(timeout).members
-        except Exception as exc:  # KafkaException; a group that never existed is described empty
-            log.info("describe group %s: %s", group, exc)
+            if self._admin is None:
+                self._admin = KafkaAdmin(self._conf)
+            return not self._admin.group_members(group, timeout=timeout)
+        except TransportError as exc:
+            log.info("%s", exc)
             return False
 
 

@@ -39,11 +39,16 @@ class SharedProducer:
         self._producer = Producer(full)
         self._error: KafkaError | None = None
         self._pipeline = pipeline
+        self._owners: dict[str, str] = {}
         self._stop = threading.Event()
         self.delivered = 0
         self.failed = 0
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
+
+    def owns(self, topic: str, pipeline: str) -> None:
+        """Label delivery errors to ``topic`` with ``pipeline`` (a worker may serve several)."""
+        self._owners[topic] = pipeline
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -58,7 +63,9 @@ class SharedProducer:
         if err is not None:
             self.failed += 1
             self._error = err
-            metrics.DELIVERY_ERRORS.labels(self._pipeline, msg.topic() or "").inc()
+            topic = msg.topic() or ""
+            pipeline = self._owners.get(topic, self._pipeline)
+            metrics.DELIVERY_ERRORS.labels(pipeline, topic).inc()
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
             return
         self.delivered += 1

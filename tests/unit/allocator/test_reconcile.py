@@ -22,23 +22,26 @@ from allocator.observe import (
 )
 from allocator.policy import ScalingOptions
 from allocator.reconcile import Reconciler
+from stages import metrics
 
-METRICS = """
-# TYPE jizhi_stage_processing_seconds histogram
-jizhi_stage_processing_seconds_sum{pipeline="p",stage="score"} 2.0
-jizhi_stage_processing_seconds_count{pipeline="p",stage="score"} 10.0
-jizhi_stage_processing_seconds_sum{pipeline="other",stage="score"} 99.0
-# TYPE jizhi_stage_batch_size histogram
-jizhi_stage_batch_size_sum{pipeline="p",stage="score"} 640.0
-jizhi_stage_batch_size_count{pipeline="p",stage="score"} 10.0
-# TYPE jizhi_responses_total counter
-jizhi_responses_total{pipeline="p",status="ok"} 600.0
-jizhi_responses_total{pipeline="p",status="shed"} 40.0
-jizhi_responses_total{pipeline="p",status="expired"} 7.0
-# TYPE jizhi_request_latency_seconds histogram
-jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.05"} 500.0
-jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="0.1"} 590.0
-jizhi_request_latency_seconds_bucket{pipeline="p",status="ok",le="+Inf"} 600.0
+_PROC, _BATCH = metrics.PROCESSING_NAME, metrics.BATCH_SIZE_NAME
+_RESP, _LAT = metrics.RESPONSES_NAME, metrics.REQUEST_LATENCY_NAME
+METRICS = f"""
+# TYPE {_PROC} histogram
+{_PROC}_sum{{pipeline="p",stage="score"}} 2.0
+{_PROC}_count{{pipeline="p",stage="score"}} 10.0
+{_PROC}_sum{{pipeline="other",stage="score"}} 99.0
+# TYPE {_BATCH} histogram
+{_BATCH}_sum{{pipeline="p",stage="score"}} 640.0
+{_BATCH}_count{{pipeline="p",stage="score"}} 10.0
+# TYPE {_RESP} counter
+{_RESP}{{pipeline="p",status="ok"}} 600.0
+{_RESP}{{pipeline="p",status="shed"}} 40.0
+{_RESP}{{pipeline="p",status="expired"}} 7.0
+# TYPE {_LAT} histogram
+{_LAT}_bucket{{pipeline="p",status="ok",le="0.05"}} 500.0
+{_LAT}_bucket{{pipeline="p",status="ok",le="0.1"}} 590.0
+{_LAT}_bucket{{pipeline="p",status="ok",le="+Inf"}} 600.0
 """
 
 
