@@ -129,8 +129,8 @@ OVERVIEW = Dashboard(
             (
                 Panel(
                     "Requests/s",
-                    "Requests that reached ingest (every outcome), per second.",
-                    [Target(f'sum(rate(jizhi_stage_events_total{{{P}, stage="ingest"}}{RI}))')],
+                    "Requests read by the pipeline's edge stage (every outcome), per second.",
+                    [Target(f"sum(rate(jizhi_requests_total{{{P}}}{RI}))")],
                     "reqps",
                     kind="stat",
                     width=6,

@@ -36,6 +36,7 @@ BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # strips it from the family name and puts it back on the sample); a histogram's samples add
 # ``_bucket``, ``_sum`` and ``_count``.
 EVENTS_NAME: Final = "jizhi_stage_events_total"
+REQUESTS_NAME: Final = "jizhi_requests_total"
 BATCH_SIZE_NAME: Final = "jizhi_stage_batch_size"
 PROCESSING_NAME: Final = "jizhi_stage_processing_seconds"
 STAGE_LATENCY_NAME: Final = "jizhi_stage_latency_seconds"
@@ -51,6 +52,11 @@ EVENTS: Final = Counter(
     EVENTS_NAME,
     "Events a stage finished, by outcome (ok, expired, shed, invalid, dead_letter).",
     ["pipeline", "stage", "outcome"],
+)
+REQUESTS: Final = Counter(
+    REQUESTS_NAME,
+    "Requests read by a pipeline's edge stage (whatever its name), every outcome included.",
+    ["pipeline"],
 )
 BATCH_SIZE: Final = Histogram(
     BATCH_SIZE_NAME,

@@ -86,6 +86,7 @@ class StageRunner:
         self._m_depth = metrics.QUEUE_DEPTH.labels(pipeline, name)
         # The edge stage (the one fed raw requests) records the budgets it admitted.
         self._m_budget = None if takes_events else metrics.DEADLINE_BUDGET.labels(pipeline)
+        self._m_requests = None if takes_events else metrics.REQUESTS.labels(pipeline)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -194,6 +195,8 @@ class StageRunner:
                 forward.append(Envelope(stamped, env.ticket))
         self.processed += len(batch)
 
+        if self._m_requests is not None:
+            self._m_requests.inc(len(batch))
         if created:
             self._m_latency.observe_many((done_ms - np.asarray(created)) / 1000.0)
         if self._m_budget is not None and forward:

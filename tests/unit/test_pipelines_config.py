@@ -13,6 +13,7 @@ from jizhi.config import ConfigError, load_settings, pipeline_of
 from jizhi.worker import parse_stages
 from stages import StageHarness
 from stages.context import StageContext
+from stages.metrics import REQUESTS
 from stages.errors import PipelineConfigError
 from stages.registry import DEFAULT_STAGES, build_pipeline, resolve
 from tests.unit.test_examples import scored_event
@@ -306,3 +307,16 @@ def test_the_harness_runs_a_resolved_custom_stage(tables: tuple[Path, Path]) -> 
     # Category 7 holds 1, 2, 3: the third best of it (3) falls below every capped-in item.
     order = np.argsort(-out.scores, kind="stable")
     assert e.candidates[order].tolist() == [1, 2, 4, 9, 3]
+
+
+def test_the_edge_is_a_property_of_the_stage_not_its_name() -> None:
+    """A renamed ingest is still the edge: it reads raw bytes, and its requests are counted in
+    ``jizhi_requests_total`` (what the overview's Requests/s panel reads), whatever it is called."""
+    p = build_pipeline("edge-test", [{"use": "ingest", "name": "gate"}, "rank"])
+    assert p.edge == "gate"
+    gate = p.spec("gate").build(StageContext(pipeline="edge-test"))
+    before = REQUESTS.labels("edge-test")._value.get()
+    raw = b'{"request_id": "a", "user_id": 1, "candidates": [1, 2]}'
+    out = StageHarness(gate, pipeline="edge-test").run([raw, b"not json"])
+    assert [e.request_id for e in out.forwarded] == ["a"] and len(out.dead) == 1
+    assert REQUESTS.labels("edge-test")._value.get() - before == 2
