@@ -13,8 +13,8 @@ from jizhi.config import ConfigError, load_settings, pipeline_of
 from jizhi.worker import parse_stages
 from stages import StageHarness
 from stages.context import StageContext
-from stages.metrics import REQUESTS
 from stages.errors import PipelineConfigError
+from stages.metrics import REQUESTS
 from stages.registry import DEFAULT_STAGES, build_pipeline, resolve
 from tests.unit.test_examples import scored_event
 
