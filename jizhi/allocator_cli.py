@@ -200,7 +200,7 @@ def _plan(s: AllocatorSettings, pipeline: str, cores: int) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     s = load(args.allocator_config)
-    settings = load_settings(args.config)
+    settings = load_settings(args.config).named(args.pipeline)
     service = settings.service(args.pipeline)
     pipe = pipeline_of(service)
     unknown = [st for st in s.stages if st not in pipe.names]

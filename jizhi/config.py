@@ -119,6 +119,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             f"no pipeline named {name!r}; declared: {[p.name for p in self.services]}"
         )
 
+    def named(self, name: str | None) -> Settings:
+        """With one ``[pipeline]``, ``name`` renames it (another copy of the service on its own
+        topics, as `--pipeline` does); with ``[[pipelines]]`` the names are the config's."""
+        if name is None or self.pipelines:
+            return self
+        return msgspec.structs.replace(
+            self, pipeline=msgspec.structs.replace(self.pipeline, name=name)
+        )
+
     def model_path(self, pipeline: PipelineSettings) -> str:
         return pipeline.model or self.model.path
 

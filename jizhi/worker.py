@@ -130,9 +130,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     if args.exactly_once:
         overrides["exactly_once"] = True
     kafka = msgspec.structs.replace(kafka, **overrides)
-    pipeline = settings.pipeline
-    if args.pipeline is not None and not settings.pipelines:  # renames the one pipeline
-        pipeline = msgspec.structs.replace(pipeline, name=args.pipeline)
+    pipeline = settings.named(args.pipeline).pipeline
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     try:
         return msgspec.convert(
