@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from allocator.baselines import KedaOptions, KedaState, keda_step, keda_total_lag, static_peak
-from allocator.decide import AllocatorOptions, Decider, StageInput, forecast_rate
+from allocator.budget import ServiceAsk, StageAsk, split_budget
+from allocator.decide import AllocatorOptions, Decider, Decisions, StageInput, forecast_rate
 from allocator.history import DAY_S, History, Record
 from allocator.policy import assign_indices
 from allocator.simulator import IntArray, PipelineModel, Plan, View, round_robin
@@ -106,6 +108,8 @@ class Jizhi:
     _history: History | None = None
     _dir: tempfile.TemporaryDirectory[str] | None = None
     _start_s: float = 0.0
+    forecast_rate: float | None = None
+    """The forecast of the last look (None: none)."""
 
     def start(self, model: PipelineModel, trace: Trace) -> Plan:
         self._decider = Decider(self.options)
@@ -137,6 +141,15 @@ class Jizhi:
         ]
 
     def control(self, view: View) -> Plan:
+        decisions = self.decide(view)
+        return Plan(
+            tuple(d.consumers.desired for d in decisions.stages),
+            tuple(d.partitions for d in decisions.stages),
+            decisions.shed.rate if decisions.shed is not None else 0.0,
+        )
+
+    def decide(self, view: View) -> Decisions:
+        """The decider's decisions for this look (what `control` turns into a plan)."""
         assert self._decider is not None
         ahead = None
         if self._history is not None:
@@ -144,7 +157,8 @@ class Jizhi:
                 "ingest", SIM_DAY + self._start_s + view.now, self.options.forecast_lead_s
             )
             ahead = forecast_rate(then, later, view.offered_rate, self.options.forecast_band)
-        decisions = self._decider.decide(
+        self.forecast_rate = ahead
+        return self._decider.decide(
             view.now,
             [
                 StageInput(
@@ -163,11 +177,71 @@ class Jizhi:
             completed_rate=view.completed_rate,
             offered_rate=view.offered_rate,
         )
-        return Plan(
-            tuple(d.consumers.desired for d in decisions.stages),
-            tuple(d.partitions for d in decisions.stages),
-            decisions.shed.rate if decisions.shed is not None else 0.0,
-        )
+
+    @property
+    def decider(self) -> Decider:
+        assert self._decider is not None
+        return self._decider
 
     def assign(self, stage: int, rates: FloatArray, consumers: int, previous: IntArray) -> IntArray:
         return assign_indices(rates, consumers, previous, balance=self.options.balance)
+
+
+ADMIT_NOTHING = 1e-3
+"""As the loop publishes "admit nothing" (`allocator.reconcile.ADMIT_NOTHING`)."""
+
+
+@dataclass
+class JizhiFleet:
+    """Several pipelines, one `Jizhi` each (its own decider and forecast), under one core
+    budget: every look, each decides alone, then `split_budget` grants consumers by priority
+    and sets the admission of the ones it sheds, as `allocator.fleet.Fleet` does."""
+
+    members: list[Jizhi]
+    priorities: list[int]
+    budget: int | None
+    names: list[str] = field(default_factory=list)
+    grants: list[list[str]] = field(default_factory=list)
+    """Per look, each member's budget reason (for the figures)."""
+
+    def control(self, views: Sequence[View]) -> list[Plan]:
+        names = self.names or [f"p{i}" for i in range(len(self.members))]
+        decided = [m.decide(v) for m, v in zip(self.members, views, strict=True)]
+        asks = [
+            ServiceAsk(
+                name,
+                prio,
+                tuple(
+                    StageAsk(
+                        d.name,
+                        d.consumers.desired,
+                        sv.provisioned,
+                        m.decider.service_rate(d.name),
+                        sv.partitions,
+                    )
+                    for d, sv in zip(dec.stages, v.stages, strict=True)
+                ),
+                max(v.offered_rate, m.forecast_rate or 0.0),
+            )
+            for name, prio, m, v, dec in zip(
+                names, self.priorities, self.members, views, decided, strict=True
+            )
+        ]
+        u = self.members[0].options.scaling.target_utilisation
+        split = split_budget(asks, self.budget, utilisation=u)
+        self.grants.append([g.reason for g in split.services])
+        plans = []
+        for dec, grant in zip(decided, split.services, strict=True):
+            own = dec.shed.rate if dec.shed is not None else 0.0
+            admission = own
+            if grant.admission is not None:
+                limit = max(grant.admission, ADMIT_NOTHING)
+                admission = limit if own <= 0 else min(own, limit)
+            plans.append(
+                Plan(
+                    tuple(grant.granted[d.name] for d in dec.stages),
+                    tuple(d.partitions for d in dec.stages),
+                    admission,
+                )
+            )
+        return plans

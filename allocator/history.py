@@ -204,6 +204,15 @@ class History:
             del self._profiles[min(self._profiles)]
         return profile
 
+    def peak(self, stage: str) -> float:
+        """The highest arrival rate any recorded look of ``stage`` saw (0 with none)."""
+        top = 0.0
+        for path in sorted(self.directory.glob("*.jsonl")):
+            for r in self.read(path.stem):
+                if r.stage == stage:
+                    top = max(top, r.arrival)
+        return top
+
     def samples(self, *, since: float = 0.0, in_flight_s: float = 1.0) -> list[Sample]:
         """Looks since ``since`` in which a stage had more lag than ``in_flight_s`` of arrivals
         (a backlog: it completed what it could, so the rate is capacity, not demand)."""

@@ -56,9 +56,24 @@ ADMISSION: Final = Gauge(
     "The admission limit the allocator set for ingest, requests/s (0 = unlimited).",
     ["pipeline"],
 )
+GRANTED: Final = Gauge(
+    "jizhi_allocator_granted_consumers",
+    "Consumers the core budget grants a stage (what is acted on; desired is what it asked).",
+    ["pipeline", "stage"],
+)
+BUDGET: Final = Gauge(
+    "jizhi_allocator_budget_consumers",
+    "The core budget shared by every service (consumers); absent when unlimited.",
+)
+BUDGET_MET: Final = Gauge(
+    "jizhi_allocator_budget_met",
+    "Share of a service's need the budget sets aside for it (1 = all of it).",
+    ["pipeline"],
+)
 DECISIONS: Final = Counter(
     "jizhi_allocator_decisions_total",
-    "Decisions taken, by stage, action (consumers, partitions, assignment, admission) and reason.",
+    "Decisions taken, by stage, action (consumers, partitions, assignment, admission, budget) "
+    "and reason.",
     ["pipeline", "stage", "action", "reason"],
 )
 ERRORS: Final = Counter(

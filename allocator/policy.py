@@ -40,9 +40,23 @@ ConsumerReason = Literal[
     "hold_cooldown",
     "hold_stabilising",
     "hold_tolerance",
+    # set by the budget across services (allocator.budget), over the decider's own reason:
+    "capped_by_budget",
+    "sized_for_offered",
+    "budget_released",
 ]
 PartitionReason = Literal["enough", "grow", "capped_by_max_partitions"]
-ShedReason = Literal["unlimited", "hold", "latency_high", "room", "restored", "no_signal"]
+ShedReason = Literal[
+    "unlimited",
+    "hold",
+    "latency_high",
+    "room",
+    "restored",
+    "no_signal",
+    # the budget across services limits the service's admission / no longer does:
+    "budget",
+    "budget_lifted",
+]
 
 
 # -- consumers per stage ----------------------------------------------------------------------

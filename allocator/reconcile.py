@@ -27,21 +27,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 from allocator import metrics
 from allocator.actuators import Actuator
+from allocator.budget import ServiceAsk, ServiceGrant, StageAsk
 from allocator.decide import Decider, Decisions, StageInput, forecast_rate
 from allocator.errors import ActuatorError, ObserveError
 from allocator.history import History, Record
 from allocator.observe import Observer, PipelineRates, Rates, StageRates, WorkerStats
+from allocator.policy import ConsumerDecision, ShedDecision, ShedReason
 
 log = logging.getLogger(__name__)
 
 Scraper = Callable[[Sequence[str]], WorkerStats]
 PartitionGrower = Callable[[str, int], None]
 """(stage, new partition count) -> None: grows the stage's input topic."""
+
+
+ADMIT_NOTHING = 1e-3
+"""Requests/s published for "admit nothing": on the control topic 0 means unlimited, so a
+service the budget sheds entirely is given one request per thousand seconds."""
+REPUBLISH = 0.05
+"""A budget's admission rate is republished only when it moves by more than this share: the
+smoothed service rates move it a little at every look."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,25 @@ class Look:
     acted: tuple[str, ...]
     requeue_after: float
     error: str | None = None
+    budget: ServiceGrant | None = None
+    """What the core budget granted the service at this look (None: no budget)."""
+    admission: float = 0.0
+    """The admission limit in force after this look, requests/s (0 = unlimited)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One look's observations and the decider's wishes, before acting: what the budget across
+    services (`allocator.fleet.Fleet`) arbitrates between."""
+
+    at: float
+    rates: tuple[StageRates, ...]
+    by_stage: dict[str, StageRates]
+    actual: dict[str, int]
+    answered: PipelineRates
+    decisions: Decisions
+    offered: float
+    """Requests/s offered at the edge: its arrival rate, or the forecast when that is higher."""
 
 
 class Plans(Protocol):
@@ -88,8 +117,20 @@ class Reconciler:
     _owners: dict[str, dict[int, str]] = field(default_factory=dict)
     _measuring: bool = False
 
+    _admission: float = 0.0
+    """The admission limit last published (0 = unlimited)."""
+    _budget_limited: bool = False
+    _budget_reason: str | None = None
+    _capped: set[str] = field(default_factory=set)
+
     def reconcile(self) -> Look:
         """One look; never raises for a retriable failure (it is logged, counted and retried)."""
+        seen = self.observe()
+        return seen if isinstance(seen, Look) else self.act(seen)
+
+    def observe(self) -> Seen | Look:
+        """Observe and decide, acting on nothing: a `Seen`, or a `Look` carrying the retriable
+        error that stopped it."""
         now = self.clock()
         try:
             offsets = self.observer.offsets()
@@ -116,21 +157,81 @@ class Reconciler:
             if s in by_stage
         ]
         ingest = by_stage.get(self.stages[0]) if self.stages else None
+        forecast = self._forecast(now, ingest)
+        offered = ingest.arrival_rate if ingest is not None else 0.0
         decisions = self.decider.decide(
             now,
             inputs,
-            forecast=self._forecast(now, ingest),
+            forecast=forecast,
             p99_s=answered.p99_s,
             deadline_s=self.deadline_s,
             completed_rate=by_stage[self.stages[-1]].commit_rate
             if self.stages and self.stages[-1] in by_stage
             else 0.0,
-            offered_rate=ingest.arrival_rate if ingest is not None else 0.0,
+            offered_rate=offered,
         )
-        acted = self._act(decisions, actual, by_stage)
-        self._export(decisions, actual, by_stage, answered)
-        self._record(now, actual, rates)
-        return Look(now, tuple(rates), actual, decisions, tuple(acted), self._requeue(decisions))
+        return Seen(
+            now, tuple(rates), by_stage, actual, answered, decisions, max(offered, forecast or 0.0)
+        )
+
+    def ask(self, seen: Seen, priority: int) -> ServiceAsk:
+        """This service's claim on a core budget (`allocator.budget.split_budget`)."""
+        return ServiceAsk(
+            self.pipeline,
+            priority,
+            tuple(
+                StageAsk(
+                    d.name,
+                    d.consumers.desired,
+                    seen.actual.get(d.name, 0),
+                    self.decider.service_rate(d.name),
+                    seen.by_stage[d.name].partitions,
+                )
+                for d in seen.decisions.stages
+            ),
+            seen.offered,
+        )
+
+    def act(self, seen: Seen, grant: ServiceGrant | None = None) -> Look:
+        """Act on the difference between ``seen`` and what should run: the decider's wishes, or
+        what ``grant`` (the core budget's share for this service) allows of them."""
+        decisions = self._granted(seen.decisions, seen.actual, grant)
+        acted = self._act(decisions, seen.actual, seen.by_stage, grant)
+        self._export(decisions, seen.actual, seen.by_stage, seen.answered, grant)
+        self._record(seen.at, seen.actual, seen.rates)
+        return Look(
+            seen.at,
+            seen.rates,
+            seen.actual,
+            decisions,
+            tuple(acted),
+            self._requeue(decisions),
+            budget=grant,
+            admission=self._admission,
+        )
+
+    def _granted(
+        self, decisions: Decisions, actual: Mapping[str, int], grant: ServiceGrant | None
+    ) -> Decisions:
+        """The decisions with each stage's consumers as the budget grants them, the reason
+        saying when that is not what the decider wanted."""
+        if grant is None:
+            return decisions
+        out = []
+        capped = set()
+        for d in decisions.stages:
+            c = d.consumers
+            n = grant.granted.get(d.name, c.desired)
+            if n < c.desired:
+                c = ConsumerDecision(n, "capped_by_budget", c.need)
+                capped.add(d.name)
+            elif n > c.desired:
+                c = ConsumerDecision(n, "sized_for_offered", c.need)
+            elif d.name in self._capped and n != actual.get(d.name, 0):
+                c = ConsumerDecision(n, "budget_released", c.need)
+            out.append(replace(d, consumers=c))
+        self._capped = capped
+        return replace(decisions, stages=tuple(out))
 
     def _forecast(self, now: float, ingest: StageRates | None) -> float | None:
         """The rate history expects soon, or None (no history, or nothing recorded then)."""
@@ -187,11 +288,15 @@ class Reconciler:
     def _requeue(self, decisions: Decisions) -> float:
         """Look again sooner while something is changing (consumers joining, shedding)."""
         moving = any(d.consumers.reason.startswith("scale_up") for d in decisions.stages)
-        shedding = decisions.shed is not None and decisions.shed.rate > 0
+        shedding = self._admission > 0 or (decisions.shed is not None and decisions.shed.rate > 0)
         return self.interval_s / 2 if moving or shedding else self.interval_s
 
     def _act(
-        self, decisions: Decisions, actual: dict[str, int], rates: dict[str, StageRates]
+        self,
+        decisions: Decisions,
+        actual: dict[str, int],
+        rates: dict[str, StageRates],
+        grant: ServiceGrant | None = None,
     ) -> list[str]:
         acted = []
         p = self.pipeline
@@ -234,14 +339,49 @@ class Reconciler:
             done = self._rebalance(d.name, rates[d.name])
             if done:
                 acted.append(done)
-        shed = decisions.shed
-        if shed is not None and shed.reason not in ("unlimited", "no_signal", "hold"):
-            metrics.DECISIONS.labels(p, self.stages[0], "admission", shed.reason).inc()
-            log.info("admission -> %.0f req/s (%s)", shed.rate, shed.reason)
+        if grant is not None and grant.reason != self._budget_reason:
+            metrics.DECISIONS.labels(p, self.stages[0], "budget", grant.reason).inc()
+            log.info(
+                "budget: %s (%d of %d consumers needed)",
+                grant.reason,
+                grant.consumers,
+                sum(grant.need.values()),
+            )
+            self._budget_reason = grant.reason
+        admission = self._admission_change(decisions.shed, grant)
+        if admission is not None:
+            rate, reason = admission
+            if reason == "budget":
+                rate = max(rate, ADMIT_NOTHING)  # 0 would mean unlimited
+            metrics.DECISIONS.labels(p, self.stages[0], "admission", reason).inc()
+            log.info("admission -> %.3g req/s (%s)", rate, reason)
             if self.publish_admission is not None and not self.dry_run:
-                self.publish_admission(shed.rate)
-                acted.append(f"admission={shed.rate:.0f}")
+                self.publish_admission(rate)
+                acted.append(f"admission={rate:.3g}")
+            self._admission = rate
         return acted
+
+    def _admission_change(
+        self, shed: ShedDecision | None, grant: ServiceGrant | None
+    ) -> tuple[float, ShedReason] | None:
+        """The admission limit to publish now and why, or None to leave the last one: the
+        lower of the shedding controller's and the budget's, the budget's republished only when
+        it moved by more than `REPUBLISH` (0 = unlimited on the wire; the budget's "admit
+        nothing" goes out as `ADMIT_NOTHING`)."""
+        own = self.decider.admission_rate  # the shedding controller's limit, 0 = none
+        if grant is None or grant.admission is None:
+            if self._budget_limited:
+                self._budget_limited = False
+                return own, "budget_lifted"
+            if shed is not None and shed.reason not in ("unlimited", "no_signal", "hold"):
+                return shed.rate, shed.reason
+            return None
+        rate = grant.admission if own <= 0 else min(own, grant.admission)
+        last = self._admission if self._budget_limited else None
+        self._budget_limited = True
+        if last is not None and abs(rate - last) <= REPUBLISH * max(last, 1.0):
+            return None
+        return rate, "budget"
 
     def _rebalance(self, stage: str, r: StageRates) -> str | None:
         """Publish a balanced plan for ``stage`` if its named consumers changed or the standing
@@ -292,10 +432,17 @@ class Reconciler:
         actual: dict[str, int],
         rates: dict[str, StageRates],
         answered: PipelineRates,
+        grant: ServiceGrant | None = None,
     ) -> None:
         p = self.pipeline
+        if grant is not None:
+            metrics.BUDGET_MET.labels(p).set(grant.met)
         for d in decisions.stages:
-            metrics.DESIRED.labels(p, d.name).set(d.consumers.desired)
+            wanted = grant.need.get(d.name, d.consumers.desired) if grant else None
+            metrics.DESIRED.labels(p, d.name).set(
+                d.consumers.desired if wanted is None else max(wanted, d.consumers.desired)
+            )
+            metrics.GRANTED.labels(p, d.name).set(d.consumers.desired)
             metrics.ACTUAL.labels(p, d.name).set(actual.get(d.name, 0))
             metrics.PARTITIONS.labels(p, d.name).set(rates[d.name].partitions)
             metrics.LAG.labels(p, d.name).set(rates[d.name].lag)
@@ -306,16 +453,33 @@ class Reconciler:
         metrics.EXPIRED_RATE.labels(p).set(answered.expired_rate)
         if answered.p99_s is not None:
             metrics.P99.labels(p).set(answered.p99_s)
-        metrics.ADMISSION.labels(p).set(self.decider.admission_rate)
+        metrics.ADMISSION.labels(p).set(
+            self._admission if self._budget_limited else self.decider.admission_rate
+        )
 
     def run(
         self, stop: Callable[[], bool], *, on_look: Callable[[Look], None] | None = None
     ) -> None:
         """Reconcile until ``stop()``; each look says when the next one is due."""
-        while not stop():
-            look = self.reconcile()
-            if on_look is not None:
-                on_look(look)
-            end = time.monotonic() + look.requeue_after
-            while not stop() and time.monotonic() < end:
-                time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+        loop(self.reconcile, stop, on_look)
+
+
+class Requeued(Protocol):
+    @property
+    def requeue_after(self) -> float: ...
+
+
+L = TypeVar("L", bound=Requeued)
+
+
+def loop(
+    reconcile: Callable[[], L], stop: Callable[[], bool], on_look: Callable[[L], None] | None
+) -> None:
+    """Look, report, sleep until the look's requeue time (waking for ``stop`` every 0.2 s)."""
+    while not stop():
+        look = reconcile()
+        if on_look is not None:
+            on_look(look)
+        end = time.monotonic() + look.requeue_after
+        while not stop() and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))

@@ -20,7 +20,7 @@ The lag a controller observes is the backlog plus what consumers hold uncommitte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -260,6 +260,27 @@ def simulate(
     measure_noise: float = 0.05,
 ) -> Result:
     """Replay ``trace`` through ``model`` under ``controller``."""
+    run = replay(trace, model, controller, seed=seed, measure_noise=measure_noise)
+    try:
+        view = next(run)
+        while True:
+            view = run.send(controller.control(view))
+    except StopIteration as done:
+        result: Result = done.value
+        return result
+
+
+def replay(
+    trace: Trace,
+    model: PipelineModel,
+    controller: Controller,
+    *,
+    seed: int = 0,
+    measure_noise: float = 0.05,
+) -> Generator[View, Plan, Result]:
+    """`simulate` as a generator: it yields the `View` of every control look and takes the
+    `Plan` to apply, so a driver can decide for several pipelines at once (`simulate_fleet`);
+    ``controller`` still starts the run and assigns partitions. Returns the `Result`."""
     if model.partitions & (model.partitions - 1):
         raise ValueError(f"partitions: {model.partitions} is not a power of two")
     rng = np.random.default_rng(seed)
@@ -375,16 +396,14 @@ def simulate(
                 )
             )
 
-        plan = controller.control(
-            View(
-                now + dt,
-                tuple(views),
-                offered,
-                admitted,
-                float(out_prev[-1]),
-                p99,
-                model.deadline_s,
-            )
+        plan = yield View(
+            now + dt,
+            tuple(views),
+            offered,
+            admitted,
+            float(out_prev[-1]),
+            p99,
+            model.deadline_s,
         )
         admission = plan.admission_rate
         for i, st in enumerate(stages):
@@ -405,3 +424,61 @@ def simulate(
         series,
         missed,
     )
+
+
+# -- several pipelines under one budget ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One pipeline of a fleet: its traffic, its model and its controller (which starts it and
+    assigns its partitions; the fleet controller decides its plans)."""
+
+    trace: Trace
+    model: PipelineModel
+    controller: Controller
+
+
+class FleetController(Protocol):
+    """Decides every pipeline's plan at once from all their views (a shared core budget)."""
+
+    def control(self, views: Sequence[View]) -> Sequence[Plan]: ...
+
+
+@dataclass
+class FleetResult:
+    results: list[Result]
+    peak_consumers: float
+    """The most consumers the pipelines held together at any step (starting ones included)."""
+
+
+def simulate_fleet(
+    members: Sequence[Member],
+    controller: FleetController,
+    *,
+    seed: int = 0,
+    measure_noise: float = 0.05,
+) -> FleetResult:
+    """Replay every member's trace in lockstep (one time step, one control look for all),
+    ``controller`` deciding all their plans at each look."""
+    steps = {(m.trace.steps, m.trace.dt, m.controller.control_s) for m in members}
+    if len(steps) != 1:
+        raise ValueError(f"a fleet's traces need equal steps, dt and control_s, got {steps}")
+    runs = [
+        replay(m.trace, m.model, m.controller, seed=seed + i, measure_noise=measure_noise)
+        for i, m in enumerate(members)
+    ]
+    views: list[View] = [next(r) for r in runs]
+    results: list[Result | None] = [None] * len(runs)
+    while all(r is None for r in results):
+        plans = controller.control(views)
+        for i, (run, plan) in enumerate(zip(runs, plans, strict=True)):
+            try:
+                views[i] = run.send(plan)
+            except StopIteration as done:
+                results[i] = done.value
+    finished = [r for r in results if r is not None]
+    if len(finished) != len(runs):
+        raise RuntimeError("the fleet's replays did not end together")
+    total = np.sum([r.consumers_series for r in finished], axis=0)
+    return FleetResult(finished, float(total.max()) if len(total) else 0.0)

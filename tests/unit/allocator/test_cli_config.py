@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from jizhi.cli import build_parser
 
 
 def test_defaults_and_a_file(tmp_path: Path) -> None:
-    assert load(None).stages == ["ingest", "features", "embed", "score", "rank"]
+    assert load(None).stages == []  # every stage the pipeline declares, read with the pipeline
     f = tmp_path / "a.toml"
     f.write_text('stages = ["score"]\n[scaling]\ntarget_utilisation = 0.6\n')
     s = load(f)
@@ -22,7 +23,6 @@ def test_defaults_and_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('stages = ["nope"]', "unknown"),
         ("[scaling]\ntarget_utilisation = 0", "target_utilisation"),
         ("surprise = 1", "surprise"),
         ("interval_s = [", "allocator config"),
@@ -35,11 +35,30 @@ def test_mistakes_are_named(tmp_path: Path, text: str, match: str) -> None:
         load(f)
 
 
+def test_a_stage_the_pipeline_does_not_declare_is_named_when_the_pipeline_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The allocator's ``stages`` are checked against the pipeline the config declares (users'
+    stages included), not against a fixed list: at start, naming the pipeline and its stages."""
+    from jizhi.cli import main  # noqa: PLC0415
+
+    f = tmp_path / "a.toml"
+    f.write_text('stages = ["ingest", "nope"]\n')
+    assert load(f).stages == ["ingest", "nope"]  # the file alone cannot tell
+    assert main(["allocator", "--allocator-config", str(f), "--plan", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "stages: ['nope'] are not stages of pipeline 'demo'" in err
+    assert "['ingest', 'features', 'embed', 'score', 'rank']" in err
+
+
 def test_the_command_is_registered() -> None:
     args = build_parser().parse_args(
         ["allocator", "--bootstrap", "h:1", "--dry-run", "--once", "--metrics-port", "9464"]
     )
     assert args.dry_run and args.once and args.bootstrap == "h:1" and args.metrics_port == 9464
+    assert args.budget is None and args.pipeline is None  # unlimited, every declared service
+    args = build_parser().parse_args(["allocator", "--budget", "12", "--pipeline", "home"])
+    assert (args.budget, args.pipeline) == (12, "home")
 
 
 def test_plan_prints_the_split_from_recorded_history(
@@ -51,7 +70,7 @@ def test_plan_prints_the_split_from_recorded_history(
     from jizhi.cli import main  # noqa: PLC0415
 
     history = History(tmp_path / "h")
-    capacity = {
+    capacity: dict[str, Callable[[int], float]] = {
         "ingest": lambda n: 1000.0 * n,
         "embed": lambda n: 200.0 * n**0.5,
         "score": lambda n: 150.0 * n,
@@ -136,3 +155,47 @@ def test_plans_by_default_where_workers_are_named(tmp_path: Path, text: str, pla
     f = tmp_path / "a.toml"
     f.write_text(text)
     assert load(f).plans is plans
+
+
+def test_plan_splits_the_cores_across_every_service_by_priority(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two services with the same history, 600 req/s at their peak: hi (priority 10) gets the
+    9 consumers it needs, lo the 3 left, and is told what it would admit."""
+    from allocator.history import History, Record  # noqa: PLC0415
+    from jizhi.cli import main  # noqa: PLC0415
+
+    t = 1_790_000_000.0
+    capacity: dict[str, Callable[[int], float]] = {
+        "ingest": lambda n: 1000.0 * n,
+        "score": lambda n: 100.0 * n,
+    }
+    for name in ("hi", "lo"):
+        History(tmp_path / "h" / name).record(
+            [
+                Record(t + n, stage, n, 600.0, f(n), 1e6)
+                for stage, f in capacity.items()
+                for n in range(1, 11)
+            ]
+        )
+    cfg = tmp_path / "jizhi.toml"
+    cfg.write_text(
+        '[[pipelines]]\nname = "lo"\npriority = 1\n\n[[pipelines]]\nname = "hi"\npriority = 10\n'
+    )
+    alloc = tmp_path / "a.toml"
+    alloc.write_text(f'stages = ["ingest", "score"]\nhistory_dir = "{tmp_path / "h"}"\n')
+    argv = ["allocator", "--config", str(cfg), "--allocator-config", str(alloc), "--plan", "12"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    hi = out[out.index("== hi") :]
+    lo = out[out.index("== lo") : out.index("== hi")]
+    assert (
+        "== hi (priority 10): 9 of 12 cores, needs 9 for its peak 600 req/s (within_budget)" in hi
+    )
+    assert "score             8" in hi and "planned 800/s" in hi
+    assert "== lo (priority 1): 3 of 12 cores, needs 9 for its peak 600 req/s (short)" in lo
+    assert "score             2" in lo
+    assert "admission: 150 req/s of its peak 600 (the rest shed at ingest)" in lo
+    assert main([*argv, "--pipeline", "lo"]) == 0  # alone, lo gets all it needs (its history)
+    alone = capsys.readouterr().out
+    assert "score             8" in alone and f"{tmp_path / 'h' / 'lo'}" in alone

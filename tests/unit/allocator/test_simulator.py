@@ -74,8 +74,44 @@ def test_jizhi_forecasts_from_the_previous_day_recorded_as_the_loop_records_it()
     assert j._history is not None
     i = 360  # 18:00, one hour in (10 s steps)
     then, ahead = j._history.forecast("ingest", SIM_DAY + trace.start_s + i * trace.dt, 120.0)
+    assert then is not None
     assert then == pytest.approx(float(trace.history[i : i + 30].mean()), rel=0.02)
     assert ahead is not None and ahead >= then * 0.99  # the evening still climbs at 18:00
     off = Jizhi(forecast=False)
     off.start(PipelineModel(STAGES, partitions=64), trace)
     assert off._history is None  # no history, no forecast: a purely reactive allocator
+
+
+def test_two_services_under_a_short_budget_the_high_one_keeps_its_deadline() -> None:
+    """hi (priority 10) rides a 1,500 -> 4,000 req/s wave; lo (priority 1) offers 3,000 req/s
+    throughout. Together they need 32 consumers at hi's peak; the budget is 24. hi keeps
+    >= 99.9% in time, lo gives up consumers and is shed at its edge while hi peaks, and what lo
+    admits is still answered in time; the fleet never holds more than the budget."""
+    from allocator.contenders import JizhiFleet  # noqa: PLC0415
+    from allocator.simulator import FleetResult, Member, simulate_fleet  # noqa: PLC0415
+
+    steps = 1080  # 3 h of 10 s
+    t = np.arange(steps) * 10.0
+    rise = np.clip((t - 2700.0) / 600.0, 0.0, 1.0) * np.clip(1.0 - (t - 6900.0) / 600.0, 0, 1)
+    rng = np.random.default_rng(1)
+    keys = np.full(KEY_GROUPS, 1.0 / KEY_GROUPS)
+    wave = 1500.0 + 2500.0 * rise
+    hi = Trace("hi", "wave", 10.0, wave * np.exp(rng.normal(0, 0.02, steps)), wave, keys)
+    flat = np.full(steps, 3000.0)
+    lo = Trace("lo", "flat", 10.0, flat * np.exp(rng.normal(0, 0.02, steps)), flat, keys)
+    model = PipelineModel(STAGES, partitions=64)
+
+    def run(budget: int | None) -> FleetResult:
+        js = [Jizhi(), Jizhi()]
+        fleet = JizhiFleet(js, [10, 1], budget, names=["hi", "lo"])
+        return simulate_fleet([Member(hi, model, js[0]), Member(lo, model, js[1])], fleet)
+
+    free = run(None)
+    assert all(r.attainment >= 0.999 and r.shed == 0.0 for r in free.results)
+    assert free.peak_consumers > 24
+    short = run(24)
+    h, low = short.results
+    assert h.attainment >= 0.999 and h.shed == 0.0
+    assert 0.2 < low.shed / low.offered < 0.6 and low.attainment < 0.8
+    assert low.admitted_attainment >= 0.99
+    assert short.peak_consumers <= 24
