@@ -19,11 +19,11 @@ def grow_topic(conf: Mapping[str, Any], topic: str, partitions: int, timeout: fl
     """Grow ``topic`` to ``partitions`` (Kafka never shrinks a topic; asking for fewer or the
     same is a no-op here, not an error)."""
     try:
-        admin = KafkaAdmin(conf, timeout=timeout)
-        now = admin.partition_counts().get(topic)
-        if now is None or now >= partitions:
-            return
-        admin.create_partitions(topic, partitions)
+        with KafkaAdmin(conf, timeout=timeout) as admin:
+            now = admin.partition_counts().get(topic)
+            if now is None or now >= partitions:
+                return
+            admin.create_partitions(topic, partitions)
     except TransportError as exc:
         raise ActuatorError(str(exc), retriable=exc.retriable) from exc
 

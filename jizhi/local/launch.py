@@ -109,33 +109,40 @@ def wait_ready(sdir: Path, state: State, node_ids: list[int], timeout: float) ->
     deadline = time.monotonic() + timeout
     admin: KafkaAdmin | None = None
     seen: set[int] = set()
-    while time.monotonic() < deadline:
-        for node_id in node_ids:
-            config = node_dir(sdir, node_id) / "server.properties"
-            if not is_alive(read_pid(sdir, node_id), config):
-                ndir = node_dir(sdir, node_id)
-                raise LocalClusterError(
-                    f"Kafka node {node_id} exited while starting; {ndir / 'server.log'} ends:\n"
-                    f"{tail(ndir / 'server.log')}\n  {ndir / 'stdout.log'} ends:\n"
-                    f"{tail(ndir / 'stdout.log', 5)}",
-                    retriable=True,
+    try:
+        while time.monotonic() < deadline:
+            for node_id in node_ids:
+                config = node_dir(sdir, node_id) / "server.properties"
+                if not is_alive(read_pid(sdir, node_id), config):
+                    ndir = node_dir(sdir, node_id)
+                    raise LocalClusterError(
+                        f"Kafka node {node_id} exited while starting; {ndir / 'server.log'} ends:\n"
+                        f"{tail(ndir / 'server.log')}\n  {ndir / 'stdout.log'} ends:\n"
+                        f"{tail(ndir / 'stdout.log', 5)}",
+                        retriable=True,
+                    )
+            if admin is None and any(_connectable(n.port) for n in state.nodes):
+                # log_level 0: librdkafka would print every refused connection to a booting node.
+                admin = KafkaAdmin(
+                    {"bootstrap.servers": state.bootstrap, "log_level": 0}, timeout=2
                 )
-        if admin is None and any(_connectable(n.port) for n in state.nodes):
-            # log_level 0: librdkafka would print every refused connection to a booting node.
-            admin = KafkaAdmin({"bootstrap.servers": state.bootstrap, "log_level": 0}, timeout=2)
+            if admin is not None:
+                try:
+                    seen = admin.brokers()
+                except TransportError:  # while the quorum elects a leader
+                    seen = set()
+                if set(node_ids) <= seen:
+                    return
+            time.sleep(0.25)
+        raise LocalClusterError(
+            f"Kafka at {state.bootstrap} did not list nodes {sorted(node_ids)} "
+            f"within {timeout:.0f} s "
+            f"(listed: {sorted(seen)}); see {sdir}/node-*/server.log",
+            retriable=True,
+        )
+    finally:
         if admin is not None:
-            try:
-                seen = admin.brokers()
-            except TransportError:  # while the quorum elects a leader
-                seen = set()
-            if set(node_ids) <= seen:
-                return
-        time.sleep(0.25)
-    raise LocalClusterError(
-        f"Kafka at {state.bootstrap} did not list nodes {sorted(node_ids)} within {timeout:.0f} s "
-        f"(listed: {sorted(seen)}); see {sdir}/node-*/server.log",
-        retriable=True,
-    )
+            admin.close()
 
 
 def _connectable(port: int) -> bool:

@@ -202,6 +202,19 @@ class KafkaAdmin:
         return [str(m.member_id) for m in self._result(futures[group], doing, wait).members]
 
     # -- plumbing --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Destroy the client now, on this thread. Left to the garbage collector, a dropped
+        client can be collected on librdkafka's background thread (a collection triggered by an
+        admin result callback there), which destroys the handle from its own thread and crashes
+        the process (confluent-kafka-python#1761, #2129); a short-lived admin must be closed."""
+        self._client.__exit__(None, None, None)
+
+    def __enter__(self) -> KafkaAdmin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 

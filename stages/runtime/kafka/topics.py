@@ -75,9 +75,9 @@ def ensure_topics(
     left as they are, whatever their shape. Returns the names created."""
     # Listed first so that a principal allowed to describe but not to create topics can still
     # start against topics an operator made.
-    admin = KafkaAdmin(admin_conf, timeout=timeout)
-    existing = admin.partition_counts()
-    wanted = [t for t in topics if t not in existing]
-    return admin.create_topics(
-        wanted, partitions=partitions, replication=replication, config=config
-    )
+    with KafkaAdmin(admin_conf, timeout=timeout) as admin:
+        existing = admin.partition_counts()
+        wanted = [t for t in topics if t not in existing]
+        return admin.create_topics(
+            wanted, partitions=partitions, replication=replication, config=config
+        )
