@@ -30,8 +30,13 @@ class KafkaObserver:
         """``topics``: stage -> (input topic, consumer group)."""
         self._topics = dict(topics)
         self._clock = clock
+        self._conf = dict(conf)
+        self._timeout = timeout
+        self._admin = self._connect()
+
+    def _connect(self) -> KafkaAdmin:
         try:
-            self._admin = KafkaAdmin(conf, timeout=timeout)
+            return KafkaAdmin(self._conf, timeout=self._timeout)
         except TransportError as exc:
             raise ObserveError(str(exc), retriable=exc.retriable) from exc
 
@@ -47,6 +52,12 @@ class KafkaObserver:
                 committed = self._admin.committed_offsets(group, topic, partitions)
                 out.append(TopicOffsets(stage, topic, self._clock(), tuple(end), tuple(committed)))
         except TransportError as exc:
-            # Retriable includes a topic still electing its leaders: the next look will do.
+            # Retriable includes a topic still electing its leaders: the next look will do, with
+            # a new client. After the broker holding a group's coordinator was killed and
+            # restarted, the old client's offset reads timed out for minutes while a new client's
+            # answered at once, and the allocator, blind, never replaced a dead worker (found by
+            # the chaos loop, bench/chaos.py).
+            self._admin.close()
+            self._admin = self._connect()
             raise ObserveError(str(exc), retriable=exc.retriable) from exc
         return out

@@ -39,7 +39,7 @@ def read_categories(path: str | Path) -> tuple[npt.NDArray[np.int64], npt.NDArra
     array holding the category of item ``i`` at index ``i`` (dense ids, as exported by most
     feature stores)."""
     if str(path).endswith(".npy"):
-        dense = np.load(path).astype(np.int64)
+        dense = np.load(path, allow_pickle=False).astype(np.int64)
         return np.arange(len(dense), dtype=np.int64), dense
     ids: list[int] = []
     cats: list[int] = []

@@ -41,6 +41,7 @@ from allocator.policy import PartitionOptions, ScalingOptions, ShedOptions
 from allocator.reconcile import Reconciler
 from jizhi.config import PipelineSettings, Settings, jizhi_home, load_settings, pipeline_of
 from jizhi.metrics_server import serve_metrics
+from jizhi.reach import require_broker
 from stages.pipeline import Pipeline
 from stages.runtime.kafka import ensure_control_topic, group_id, input_topic
 
@@ -316,6 +317,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     kafka = msgspec.structs.replace(settings.kafka, bootstrap=args.bootstrap)
     conf: dict[str, Any] = dict(kafka.client_conf())
+    require_broker(conf, timeout_s=kafka.connect_timeout_s)
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port:
         print(f"metrics: {serve_metrics(port, settings.metrics_addr)}", file=sys.stderr)

@@ -95,7 +95,11 @@ def stage_context(
 
 def batch_policies(pipeline: PipelineSettings) -> dict[str, BatchPolicy]:
     """One micro-batch policy for every stage of the pipeline (a custom stage included)."""
-    policy = BatchPolicy(max_size=pipeline.batch_size, max_wait_ms=pipeline.batch_wait_ms)
+    policy = BatchPolicy(
+        max_size=pipeline.batch_size,
+        max_wait_ms=pipeline.batch_wait_ms,
+        max_candidates=pipeline.batch_candidates,
+    )
     return dict.fromkeys(pipeline_of(pipeline).names, policy)
 
 

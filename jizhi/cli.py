@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+from confluent_kafka import KafkaException
 
+from allocator.errors import AllocatorConfigError
 from jizhi import allocator_cli, embeddings_cli, local, publish, worker
-from jizhi.config import load_settings
+from jizhi.config import ConfigError, load_settings
 from jizhi.demo import DemoOptions, format_summary, run_demo, write_summary
 from jizhi.metrics_server import serve_metrics
 from jizhi.synth import Workload, WorldSpec
-from stages.errors import JizhiError
+from stages.errors import JizhiError, PipelineConfigError
+from storage.errors import StorageError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -137,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success, 2 for a wrong flag or setting (as argparse does), 1 for any other
+    failure jizhi expects (a broker or store that does not answer, a missing table): those get one
+    ``error:`` line, a traceback only with ``JIZHI_DEBUG=1``. Anything else is a bug and keeps its
+    traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -145,12 +154,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except JizhiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _expected(exc):
+            raise
+        if os.environ.get("JIZHI_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, _USAGE_ERRORS) else 1
     return code
+
+
+# Mistakes in what the user asked for, as opposed to failures of what jizhi talks to.
+_USAGE_ERRORS = (ConfigError, PipelineConfigError, AllocatorConfigError)
+
+
+def _expected(exc: BaseException) -> bool:
+    """Errors raised on purpose, and the failures of clients jizhi does not wrap everywhere:
+    librdkafka's, Aerospike's (e.g. a user given to a server without security), and a path the
+    user named that cannot be opened."""
+    if isinstance(exc, JizhiError | StorageError | KafkaException):
+        return True
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return True
+    return _aerospike_error(exc)
+
+
+def _aerospike_error(exc: BaseException) -> bool:
+    """Without importing the client: only a process that loaded it can have raised its errors."""
+    module = getattr(sys.modules.get("aerospike"), "exception", None)
+    base = getattr(module, "AerospikeError", None)
+    return isinstance(base, type) and isinstance(exc, base)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A multi-line message (a broker's log tail) keeps its lines; an empty one names its class."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or text}"
+    if _aerospike_error(exc):  # its str() is a tuple: (code, message, file, line, in_doubt)
+        args = exc.args
+        msg = getattr(exc, "msg", None) or (args[1] if len(args) > 1 else text)
+        code = getattr(exc, "code", None)
+        return f"aerospike {type(exc).__name__} (code {code}): {msg}"
+    if isinstance(exc, KafkaException) and exc.args and hasattr(exc.args[0], "str"):
+        return f"Kafka: {exc.args[0].str()}"
+    if not text or not isinstance(exc, JizhiError | StorageError):
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 The client reads the responses topic from its current end (every partition, assigned by hand, no
 consumer group, ``read_committed``), so it sees only answers to requests sent after it started and
 never disturbs another client's reading. It can tail the dead-letter topic the same way.
+
+A ``request_id`` is an idempotency key: ingest answers a repeat ``duplicate``. So that a caller who
+re-sends after a timeout gets the answer rather than that status, the client remembers the answers
+it read (bounded in count and age) and gives the first answer again for a ``duplicate``; when the
+first answer is still on its way (this client sent the id before), it waits for it instead.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -46,7 +52,11 @@ class Client:
         on_responses: Callable[[list[Response]], None] | None = None,
         on_dead: Callable[[list[DeadLetter]], None] | None = None,
         topic_wait: float = 15.0,
+        remember: int = 10_000,
+        remember_s: float = 300.0,
     ) -> None:
+        """``remember``/``remember_s``: how many answers, and for how long, are kept to answer
+        a re-sent request_id with its first answer."""
         base: dict[str, Any] = {"bootstrap.servers": bootstrap, **(conf or {})}
         self.requests_topic = topic_name(pipeline, "requests")
         self.responses_topic = topic_name(pipeline, "responses")
@@ -70,6 +80,10 @@ class Client:
             }
         )
         self._pending: dict[str, Future[Response]] = {}
+        self._resent: set[str] = set()
+        self._answers: OrderedDict[str, tuple[float, Response]] = OrderedDict()
+        self._remember = remember
+        self._remember_s = remember_s
         self._lock = threading.Lock()
         self._codec = ResponseCodec()
         self._dead_codec = DeadLetterCodec()
@@ -141,9 +155,12 @@ class Client:
             payload, rid = self._enc.encode(request), request.request_id
         else:
             payload, rid = self._enc.encode(dict(request)), str(request.get("request_id", ""))
-        fut: Future[Response] = Future()
         with self._lock:
-            self._pending[rid] = fut
+            fut = self._pending.get(rid)
+            if fut is not None and not fut.done():
+                self._resent.add(rid)  # both sends share the one answer the first will get
+            else:
+                fut = self._pending[rid] = Future()
         self.publish(payload, key=rid.encode())
         return fut
 
@@ -205,13 +222,39 @@ class Client:
     def _resolve(self, responses: Sequence[Response]) -> None:
         if self._on_responses is not None:
             self._on_responses(list(responses))
+        now = time.monotonic()
+        settled: list[tuple[Response, Future[Response] | None]] = []
         with self._lock:
-            futures = [self._pending.pop(r.request_id, None) for r in responses]
-        for resp, fut in zip(responses, futures, strict=True):
+            for r in responses:
+                rid, answer = r.request_id, r
+                if r.status == "duplicate":
+                    first = self._recall(rid, now)
+                    if first is None and rid in self._resent:
+                        continue  # the first copy's answer is still coming
+                    answer = first or r
+                else:
+                    self._keep(r, now)
+                self._resent.discard(rid)
+                settled.append((answer, self._pending.pop(rid, None)))
+        for resp, fut in settled:
             if fut is None:
                 self.unmatched += 1
             elif not fut.done():
                 fut.set_result(resp)
+
+    def _keep(self, r: Response, now: float) -> None:
+        answers = self._answers
+        answers[r.request_id] = (now, r)
+        answers.move_to_end(r.request_id)
+        while answers and (
+            len(answers) > self._remember
+            or next(iter(answers.values()))[0] < now - self._remember_s
+        ):
+            answers.popitem(last=False)
+
+    def _recall(self, rid: str, now: float) -> Response | None:
+        kept = self._answers.get(rid)
+        return kept[1] if kept is not None and kept[0] >= now - self._remember_s else None
 
     def close(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -42,6 +42,9 @@ class PipelineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str = ""
     batch_size: Positive = 64
     batch_wait_ms: NonNegative = 2.0
+    batch_candidates: Positive = 16_384
+    """Candidates per micro-batch: a batch over it is processed in parts, so one huge request
+    never makes its neighbours miss their deadline."""
     queue_capacity: Positive = 1024
     default_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     min_budget_ms: NonNegative = 1.0
@@ -71,23 +74,116 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 KafkaValue = str | int | float | bool
 
+# librdkafka keys that carry a secret: a TOML file is copied, committed and printed, so they are
+# refused in ``kafka.extra`` and read from the environment or a file instead.
+_SECRET_KEYS = frozenset(
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+        "ssl_key",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    }
+)
+_PASSWORD_ENV = "JIZHI_KAFKA_SASL_PASSWORD"
+_KEY_PASSWORD_ENV = "JIZHI_KAFKA_SSL_KEY_PASSWORD"
+
 
 class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where the broker is and how jizhi's topics are shaped. ``extra`` holds librdkafka keys
-    verbatim (e.g. ``security.protocol``); secrets come from the environment, never flags:
-    ``JIZHI_KAFKA_SASL_PASSWORD`` becomes ``sasl.password``."""
+    """Where the broker is, how to authenticate to it, and how jizhi's topics are shaped.
+
+    ``extra`` holds librdkafka keys verbatim and overrides the typed fields. Secrets never come
+    from this file or a flag: the SASL password is ``$JIZHI_KAFKA_SASL_PASSWORD`` or the contents
+    of ``password_file``, a client key's password ``$JIZHI_KAFKA_SSL_KEY_PASSWORD``.
+    ``connect_timeout_s`` bounds the first contact, so a wrong address fails with one line.
+    """
 
     bootstrap: str = "127.0.0.1:9092"
     partitions: Positive = 6
     replication: Positive = 1
     exactly_once: bool = False
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str = ""
+    password_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     extra: dict[str, KafkaValue] = {}
 
-    def client_conf(self) -> dict[str, KafkaValue]:
-        conf: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap, **self.extra}
-        secret = os.environ.get("JIZHI_KAFKA_SASL_PASSWORD")
+    def validate(self) -> None:
+        """Reject what librdkafka would only refuse later, or a secret written into the file."""
+        secrets = sorted(k for k in self.extra if k.lower() in _SECRET_KEYS)
+        if secrets:
+            raise ConfigError(
+                f"kafka.extra.{secrets[0]}: secrets are not read from the config file; set "
+                f"${_PASSWORD_ENV} (or kafka.password_file) for the SASL password, "
+                f"${_KEY_PASSWORD_ENV} for a key's password"
+            )
+        sasl = self.protocol.startswith("sasl")
+        if sasl and not self.username and "sasl.username" not in self.extra:
+            raise ConfigError(
+                f"kafka.username: required with security_protocol = {self.protocol!r}"
+            )
+        if self.username and not sasl:
+            raise ConfigError(
+                f"kafka.username: given, but security_protocol is {self.protocol!r}; "
+                "use 'sasl_ssl' (or 'sasl_plaintext')"
+            )
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path and not Path(path).expanduser().is_file():
+                raise ConfigError(f"kafka.{key}: {path} is not a readable file")
+
+    @property
+    def protocol(self) -> str:
+        """The protocol in force: ``extra`` may still name it the librdkafka way."""
+        return str(self.extra.get("security.protocol", self.security_protocol)).lower()
+
+    def password(self) -> str:
+        """Read at connect time, so a rotated password file is picked up by the next process."""
+        secret = os.environ.get(_PASSWORD_ENV, "")
         if secret:
-            conf["sasl.password"] = secret
+            return secret
+        if self.password_file:
+            try:
+                return Path(self.password_file).expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"kafka.password_file: {exc}") from exc
+        return ""
+
+    def client_conf(self) -> dict[str, KafkaValue]:
+        """librdkafka's settings for every client jizhi makes; raises `ConfigError` naming the
+        field for settings that cannot connect."""
+        self.validate()
+        conf: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap}
+        if self.protocol != "plaintext":
+            conf["security.protocol"] = self.protocol
+        if self.protocol.startswith("sasl"):
+            secret = self.password()
+            if not secret:
+                who = self.username or self.extra.get("sasl.username")
+                raise ConfigError(
+                    f"kafka.username {who!r} has no password: set ${_PASSWORD_ENV} "
+                    "or kafka.password_file"
+                )
+            conf |= {"sasl.mechanism": self.sasl_mechanism, "sasl.password": secret}
+            if self.username:
+                conf["sasl.username"] = self.username
+        for key, rd in (
+            ("ca_file", "ssl.ca.location"),
+            ("cert_file", "ssl.certificate.location"),
+            ("key_file", "ssl.key.location"),
+        ):
+            if getattr(self, key):
+                conf[rd] = str(Path(getattr(self, key)).expanduser())
+        if os.environ.get(_KEY_PASSWORD_ENV):
+            conf["ssl.key.password"] = os.environ[_KEY_PASSWORD_ENV]
+        conf |= self.extra
         return conf
 
 
@@ -151,15 +247,31 @@ def load_settings(path: Path | None) -> Settings:
             raw["pipelines"] = [
                 {**defaults, **p} if isinstance(p, dict) else p for p in raw["pipelines"]
             ]
+    _refuse_inline_secrets(raw, path)
     try:
         settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_dotted(str(exc))}") from exc
     try:
+        settings.kafka.validate()
         check_pipelines(settings)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     return settings
+
+
+def _refuse_inline_secrets(raw: dict[str, Any], path: Path) -> None:
+    """A password in TOML would otherwise read as a mere unknown key, inviting a fix that keeps it
+    there; say where it belongs instead."""
+    kafka = raw.get("kafka")
+    if not isinstance(kafka, dict):
+        return
+    for key in ("password", "sasl_password", "key_password"):
+        if key in kafka:
+            raise ConfigError(
+                f"{path}: kafka.{key}: secrets are not read from the config file; set "
+                f"${_PASSWORD_ENV} or kafka.password_file (a file only its owner can read)"
+            )
 
 
 def check_pipelines(settings: Settings) -> None:

@@ -210,6 +210,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("  expired", f"{summary['expired']:,}"),
         ("  shed", f"{summary['shed']:,}"),
         ("  invalid", f"{summary['invalid']:,}"),
+        ("  duplicate", f"{summary.get('duplicate', 0):,}"),
+        ("degraded", f"{summary.get('degraded', 0):,}"),
         ("dead-lettered", f"{summary['dead_lettered']:,}"),
         ("throughput", f"{summary['throughput_rps']:,.0f} req/s"),
         ("latency p50", _ms(lat.get("p50"))),

@@ -3,13 +3,16 @@
     jizhi embeddings load items.npy --table items [--ids item_ids.npy] [--config jizhi.toml]
     jizhi embeddings load items.parquet --table items --id-column id --vector-column vector
     jizhi embeddings generate --table items --rows 10000000 --dim 32 --seed 7
+    jizhi embeddings demo-tables --config aerospike.toml   # the demo's users and items
 
 Both write in chunks through the store's ``put_many`` (the embedded store appends and commits
 each chunk; Aerospike gets ``batch_write`` calls), print a progress line with rows/s, and are
 resumable: after each committed chunk the count of rows done is saved in a small checkpoint file,
 and a rerun of the same command skips them. Puts overwrite, so at worst one chunk is written
-twice. The checkpoint is keyed by the input (path, size, mtime) or the generator's parameters, so
-a changed input starts over instead of resuming into the wrong rows.
+twice. The checkpoint is keyed by the input (path, size, mtime) or the generator's parameters, and
+by the destination (backend, path or hosts, namespace, table), so a changed input starts over
+instead of resuming into the wrong rows, and the same input sent elsewhere is written there in
+full instead of being skipped as done.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from jizhi.config import ConfigError, Settings, jizhi_home, load_settings
+from jizhi.synth import WorldSpec, demo_tables
 from storage import TableSpec
 from storage.synthetic import ZipfSampler, synthetic_rows
 
@@ -57,6 +61,20 @@ def open_writer(settings: Settings) -> _Writable:
     from storage import EmbeddedStore  # noqa: PLC0415
 
     return EmbeddedStore(Path(store.path), durable=False)
+
+
+def destination(settings: Settings, table: str) -> dict[str, Any]:
+    """Where rows of ``table`` go, as a checkpoint key: rows done in one place are not done in
+    another."""
+    store = settings.store
+    if store.backend == "aerospike":
+        return {
+            "backend": "aerospike",
+            "hosts": sorted(store.aerospike.hosts),
+            "namespace": store.aerospike.namespace,
+            "set": table,
+        }
+    return {"backend": store.backend, "path": str(Path(store.path).resolve()), "table": table}
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -200,9 +218,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(
-    args: argparse.Namespace, spec: TableSpec, total: int, chunks: Iterator[Chunk], cp: Checkpoint
+    args: argparse.Namespace,
+    settings: Settings,
+    spec: TableSpec,
+    *,
+    total: int,
+    chunks: Iterator[Chunk],
+    cp: Checkpoint,
 ) -> int:
-    writer = open_writer(_settings(args))
+    writer = open_writer(settings)
     progress = Progress(total, cp.done, enabled=not args.no_progress)
     done = cp.done
     if done:
@@ -226,6 +250,7 @@ def _load(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     stat = path.stat()
+    settings = _settings(args)
     key = {
         "table": args.table,
         "input": str(path.resolve()),
@@ -233,6 +258,7 @@ def _load(args: argparse.Namespace) -> int:
         "mtime": int(stat.st_mtime),
         "ids": str(args.ids) if args.ids else None,
         "start_id": args.start_id,
+        "dest": destination(settings, args.table),
     }
     cp = Checkpoint.open(key, args.checkpoint)
     if path.suffix == ".npy":
@@ -243,26 +269,43 @@ def _load(args: argparse.Namespace) -> int:
         )
     else:
         raise ConfigError(f"{path}: expected a .npy or .parquet file")
-    return _run(args, TableSpec(args.table, dim, args.dtype), total, chunks, cp)
+    return _run(
+        args, settings, TableSpec(args.table, dim, args.dtype), total=total, chunks=chunks, cp=cp
+    )
+
+
+def _generate_into(
+    args: argparse.Namespace,
+    settings: Settings,
+    spec: TableSpec,
+    *,
+    rows: int,
+    seed: int,
+    where: Path | None,
+) -> int:
+    key = {
+        "table": spec.name,
+        "rows": rows,
+        "dim": spec.dim,
+        "seed": seed,
+        "dtype": spec.dtype,
+        "dest": destination(settings, spec.name),
+    }
+    cp = Checkpoint.open(key, where)
+
+    def chunks() -> Iterator[Chunk]:
+        for lo in range(cp.done, rows, args.chunk):
+            hi = min(lo + args.chunk, rows)
+            yield np.arange(lo, hi, dtype=np.int64), synthetic_rows(spec, seed, lo, hi)
+
+    return _run(args, settings, spec, total=rows, chunks=chunks(), cp=cp)
 
 
 def _generate(args: argparse.Namespace) -> int:
     spec = TableSpec(args.table, args.dim, args.dtype)
-    key = {
-        "table": args.table,
-        "rows": args.rows,
-        "dim": args.dim,
-        "seed": args.seed,
-        "dtype": args.dtype,
-    }
-    cp = Checkpoint.open(key, args.checkpoint)
-
-    def chunks() -> Iterator[Chunk]:
-        for lo in range(cp.done, args.rows, args.chunk):
-            hi = min(lo + args.chunk, args.rows)
-            yield np.arange(lo, hi, dtype=np.int64), synthetic_rows(spec, args.seed, lo, hi)
-
-    code = _run(args, spec, args.rows, chunks(), cp)
+    code = _generate_into(
+        args, _settings(args), spec, rows=args.rows, seed=args.seed, where=args.checkpoint
+    )
     if args.rows and args.zipf > 0:
         ideal = np.cumsum(ZipfSampler(args.rows, args.zipf, seed=args.seed).probabilities())
         shares = ", ".join(
@@ -273,13 +316,27 @@ def _generate(args: argparse.Namespace) -> int:
     return code
 
 
+def _demo_tables(args: argparse.Namespace) -> int:
+    """The demo's tables, with its seeds, into the configured backend (Aerospike, typically:
+    the embedded demo generates its own under $JIZHI_HOME/worlds)."""
+    settings = _settings(args)
+    world = WorldSpec(users=args.users, items=args.items, dim=args.dim, seed=args.seed)
+    for table in demo_tables(world):
+        spec = msgspec.structs.replace(table.spec, dtype=args.dtype)
+        code = _generate_into(args, settings, spec, rows=table.rows, seed=table.seed, where=None)
+        if code:
+            return code
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``jizhi embeddings`` and its two commands."""
     p = sub.add_parser("embeddings", help="load or generate embedding tables")
     cmds = p.add_subparsers(dest="embeddings_command", required=True)
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--table", required=True, help="table to write (created if absent)")
+    def common(q: argparse.ArgumentParser, *, table: bool = True) -> None:
+        if table:
+            q.add_argument("--table", required=True, help="table to write (created if absent)")
         q.add_argument(
             "--config", type=Path, default=None, help="TOML settings ([store] picks the backend)"
         )
@@ -291,12 +348,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         q.add_argument("--dtype", choices=("float32", "float16"), default="float32")
         q.add_argument("--chunk", type=int, default=65536, help="rows per put (65536)")
-        q.add_argument(
-            "--checkpoint",
-            type=Path,
-            default=None,
-            help="resume file (default under $JIZHI_HOME/loads)",
-        )
+        if table:
+            q.add_argument(
+                "--checkpoint",
+                type=Path,
+                default=None,
+                help="resume file (default under $JIZHI_HOME/loads)",
+            )
         q.add_argument("--no-progress", action="store_true", help="no progress line")
 
     load = cmds.add_parser("load", help="load a .npy (rows x dim) or Parquet (id, vector) file")
@@ -326,3 +384,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     common(gen)
     gen.set_defaults(func=_generate)
+
+    world = WorldSpec()
+    demo = cmds.add_parser(
+        "demo-tables",
+        help="write the demo's users and items tables, with its seeds, to the configured backend",
+        description="Run before `jizhi demo` or the workers on Aerospike: the embedded demo "
+        "generates its tables itself, Aerospike must be loaded. Pass the same --users, --items, "
+        "--dim and --seed as to `jizhi demo`.",
+    )
+    demo.add_argument("--users", type=int, default=world.users, help=f"({world.users})")
+    demo.add_argument("--items", type=int, default=world.items, help=f"({world.items})")
+    demo.add_argument("--dim", type=int, default=world.dim, help=f"({world.dim})")
+    demo.add_argument("--seed", type=int, default=world.seed, help=f"({world.seed})")
+    common(demo, table=False)
+    demo.set_defaults(func=_demo_tables)

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
 import numpy as np
 
 from jizhi.client import Client
+from jizhi.config import load_settings
+from jizhi.reach import require_broker
 from jizhi.synth import RequestEncoder, Workload, WorldSpec, publish_chunk
 from jizhi.tally import Tally
 from jizhi.world_args import add_world_args, world_spec
@@ -41,6 +44,8 @@ class PublishOptions:
     partitions: int = 6
     replication: int = 1
     conf: dict[str, Any] = field(default_factory=dict)
+    """librdkafka settings besides the bootstrap (security, from ``[kafka]`` of a config)."""
+    connect_timeout_s: float = 10.0
     progress: bool = True
     keep_responses: bool = False
     warmup: int = 200
@@ -128,6 +133,7 @@ def _warm_up(client: Client, opts: PublishOptions, prefix: str, out: TextIO) -> 
 def run_publish(opts: PublishOptions, out: TextIO = sys.stderr) -> PublishResult:
     prefix = opts.id_prefix or uuid.uuid4().hex[:8]
     conf = {"bootstrap.servers": opts.bootstrap, **opts.conf}
+    require_broker(conf, timeout_s=opts.connect_timeout_s)
     ensure_pipeline_topics(
         conf, opts.pipeline, partitions=opts.partitions, replication=opts.replication
     )
@@ -248,6 +254,9 @@ def _run(args: argparse.Namespace) -> int:
     from jizhi.demo import format_summary, write_summary  # noqa: PLC0415 - CLI path only
 
     spec = world_spec(args, context_dim=16)
+    kafka = msgspec.structs.replace(load_settings(args.config).kafka, bootstrap=args.bootstrap)
+    conf = kafka.client_conf()
+    del conf["bootstrap.servers"]
     workload = Workload(
         requests=args.requests,
         candidates=args.candidates,
@@ -267,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
             id_prefix=args.id_prefix,
             partitions=args.partitions,
             replication=args.replication,
+            conf=conf,
+            connect_timeout_s=kafka.connect_timeout_s,
             progress=not args.no_progress,
             warmup=args.warmup,
             warmup_s=args.warmup_s,
@@ -300,6 +311,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers HOST:PORT")
     p.add_argument("--pipeline", default="demo", help="pipeline name (topics jizhi.<name>.*)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML settings; only [kafka] is read (security, connect_timeout_s)",
+    )
     p.add_argument("--requests", type=int, default=10_000, help="requests to publish (10000)")
     p.add_argument(
         "--rate", type=float, default=1_000.0, help="requests/s; 0 = as fast as possible"

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from jizhi.config import jizhi_home
 from stages.model import ModelShape, RankingModel
-from storage import EmbeddedStore, Store, TableSpec
+from storage import EmbeddedStore, Store, TableSpec, TieredStore
 from storage.synthetic import generate_table, zipf_ids
 
 
@@ -52,6 +52,23 @@ class World:
         return self.root / "model.npz"
 
 
+@dataclass(frozen=True, slots=True)
+class DemoTable:
+    spec: TableSpec
+    rows: int
+    seed: int
+
+
+def demo_tables(spec: WorldSpec) -> list[DemoTable]:
+    """The demo's tables and the seeds their rows come from: the one list that both the
+    embedded world and ``jizhi embeddings demo-tables`` (Aerospike) write, so both backends
+    hold the same rows and score the same candidates alike."""
+    return [
+        DemoTable(TableSpec(name, dim=spec.dim), rows, spec.seed * 1000 + salt)
+        for name, rows, salt in (("users", spec.users, 1), ("items", spec.items, 2))
+    ]
+
+
 def ensure_world(spec: WorldSpec, root: Path | None = None) -> World:
     """Generate the tables and model unless a complete copy for ``spec`` already exists."""
     base = root if root is not None else jizhi_home() / "worlds"
@@ -62,10 +79,8 @@ def ensure_world(spec: WorldSpec, root: Path | None = None) -> World:
     world.root.mkdir(parents=True, exist_ok=True)
     store = EmbeddedStore(world.store_path)
     try:
-        for name, rows, salt in (("users", spec.users, 1), ("items", spec.items, 2)):
-            generate_table(
-                store, TableSpec(name=name, dim=spec.dim), rows=rows, seed=spec.seed * 1000 + salt
-            )
+        for table in demo_tables(spec):
+            generate_table(store, table.spec, rows=table.rows, seed=table.seed)
     finally:
         store.close()
     shape = ModelShape(user_dim=spec.dim, context_dim=spec.context_dim, item_dim=spec.dim)
@@ -121,16 +136,26 @@ class Workload:
 _BLOCK = 256  # small enough that generating a block never stalls a paced publisher
 
 
-def warm_up(store: Store, spec: WorldSpec, workload: Workload, requests: int = 2048) -> None:
+def warm_up(store: Store, spec: WorldSpec, workload: Workload, requests: int = 2048) -> int:
     """Look up what a burst of this workload would, so the cache's arrays are allocated, the
     popular rows admitted and the table files mapped before the clock starts (a worker that
-    just started is cold; a serving one is not)."""
+    just started is cold; a serving one is not). Returns the rows the cache admitted.
+
+    A tiered store is warmed in chunks (``TieredStore.warm``): one lookup of the whole burst
+    is ~70k distinct keys, which Aerospike on shared cores fails almost entirely and would
+    count as degraded answers before the first request.
+    """
     rng = np.random.default_rng(workload.seed ^ 0x5A5A)
+    admitted = 0
     for _ in range(4):  # admission wants a row seen more than once before it is kept
-        store.get_many("users", rng.integers(0, spec.users, size=requests, dtype=np.int64))
-        store.get_many(
-            "items", zipf_ids(rng, spec.items, requests * workload.candidates, workload.zipf)
-        )
+        users = rng.integers(0, spec.users, size=requests, dtype=np.int64)
+        items = zipf_ids(rng, spec.items, requests * workload.candidates, workload.zipf)
+        for table, ids in (("users", users), ("items", items)):
+            if isinstance(store, TieredStore):
+                admitted += store.warm(table, ids)
+            else:
+                store.get_many(table, ids)
+    return admitted
 
 
 def publish_chunk(rate: float) -> int:

@@ -29,6 +29,7 @@ class Tally:
         self.keep_responses = False
         self.dead_lettered = 0
         self.duplicates = 0
+        self.degraded = 0  # first answers scored with a fallback for some store lookup
         self.first_answer: float | None = None
         self.last_answer: float | None = None
 
@@ -45,6 +46,7 @@ class Tally:
                     self.duplicates += 1
                     continue
                 self._status[r.status] += 1
+                self.degraded += r.degraded
                 self._latency.append(r.latency_ms)
                 self._recent.append((now, r.latency_ms))
             if self.keep_responses:
@@ -93,7 +95,9 @@ class Tally:
             "expired": status.get("expired", 0),
             "shed": status.get("shed", 0),
             "invalid": status.get("invalid", 0),
+            "duplicate": status.get("duplicate", 0),  # a repeated request_id, answered so
             "dead_lettered": self.dead_lettered,
+            "degraded": self.degraded,
             "duplicates": self.duplicates,
             "unanswered": max(0, requests - answered),
             "elapsed_s": round(elapsed_s, 3),

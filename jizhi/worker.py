@@ -29,6 +29,7 @@ from jizhi.config import (
     load_settings,
     pipeline_of,
 )
+from jizhi.reach import require_broker
 from jizhi.synth import World, WorldSpec, ensure_world
 from jizhi.world_args import add_world_args, world_spec
 from stages.errors import PipelineConfigError
@@ -216,11 +217,13 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         k = settings.kafka
+        conf = k.client_conf()
+        require_broker(conf, timeout_s=k.connect_timeout_s)
         label = "-".join(f"{p}.{'-'.join(n)}" for p, n in chosen.items())
         worker = KafkaWorker(
             planned,
             KafkaOptions(
-                conf=k.client_conf(),
+                conf=conf,
                 partitions=k.partitions,
                 replication=k.replication,
                 exactly_once=k.exactly_once,

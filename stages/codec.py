@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import struct
 from typing import Any, Final, get_args, get_origin
 
@@ -96,6 +97,13 @@ def _dec_hook(typ: Any, obj: Any) -> Any:
     raise TypeError(f"expected an array extension, got {type(obj).__name__}")
 
 
+# A top-level-looking ``"request_id": "..."`` (no escapes) near the start of a blob too big to
+# parse: enough to answer the client, not a JSON parser.
+_PREFIX_ID: Final = re.compile(rb'"request_id"\s*:\s*"([^"\\\x00-\x1f]{1,128})"')
+_PREFIX_USER: Final = re.compile(rb'"user_id"\s*:\s*(\d{1,19})[\s,}]')
+PREFIX_SCAN_BYTES: Final = 4096
+
+
 class _RequestHeader(msgspec.Struct, forbid_unknown_fields=False):
     """The part of a request needed to answer it even when the rest is malformed."""
 
@@ -140,12 +148,29 @@ class RequestCodec:
         try:
             h = self._header.decode(data)
         except _DECODE_ERRORS:
-            return "", None
+            # Malformed somewhere (``1e400``, bad UTF-8, ``NaN``): the id may still be readable.
+            return self.header_prefix(data)
         rid = h.request_id if isinstance(h.request_id, str) else ""
         uid = h.user_id if isinstance(h.user_id, int) and not isinstance(h.user_id, bool) else None
         if uid is not None and not 0 <= uid <= _MAX_USER_ID:
             uid = None
         return rid[:128], uid
+
+    def header_prefix(self, data: bytes, /) -> tuple[str, int | None]:
+        """Best-effort request_id and user_id from the first bytes of a payload too big (or too
+        broken) to be decoded whole, so that a client which sent one is still answered
+        ``invalid``."""
+        head = bytes(data[:PREFIX_SCAN_BYTES])
+        m = _PREFIX_ID.search(head)
+        if m is None:
+            return "", None
+        try:
+            rid = m.group(1).decode()
+        except UnicodeDecodeError:
+            return "", None
+        u = _PREFIX_USER.search(head)
+        uid = int(u.group(1)) if u is not None else None
+        return rid, uid if uid is not None and uid <= _MAX_USER_ID else None
 
     def encode(self, request: Request, /) -> bytes:
         return self._enc.encode(request)

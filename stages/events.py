@@ -16,14 +16,19 @@ import numpy.typing as npt
 
 SCHEMA_VERSION: Final = 1
 
-Status = Literal["ok", "expired", "shed", "invalid"]
-"""How a request ended. Only ``ok`` carries items; the others say why it has none."""
+Status = Literal["ok", "expired", "shed", "invalid", "duplicate"]
+"""How a request ended. Only ``ok`` carries items; the others say why it has none. ``duplicate``
+answers a repeated ``request_id``: the first copy's answer is the answer, and a client that missed
+it must not wait for silence."""
 
-TERMINAL: Final = frozenset({"expired", "shed", "invalid"})
+TERMINAL: Final = frozenset({"expired", "shed", "invalid", "duplicate"})
 """Statuses that skip every later stage and go straight to the responses."""
 
 MAX_CANDIDATES: Final = 10_000
 MAX_K: Final = 1_000
+MAX_EPOCH_MS: Final = 2.0**53
+"""The last millisecond a float64 holds exactly: past it ``deadline_ms``/``created_at_ms`` is
+garbage whatever the clock says. Ingest's ``max_timeout_ms`` is the operator's tighter limit."""
 
 ContextValue = str | int | float | bool
 CandidateId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -42,10 +47,10 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     user_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     candidates: Annotated[list[CandidateId], msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES)]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = 10
-    deadline_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    timeout_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    deadline_ms: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_MS)] | None = None
+    timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=MAX_EPOCH_MS)] | None = None
     priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
-    created_at_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    created_at_ms: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_MS)] | None = None
     exclude: list[CandidateId] = []
     context: dict[str, ContextValue] = {}
     v: int = SCHEMA_VERSION
@@ -83,10 +88,14 @@ class Event(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Response(msgspec.Struct, frozen=True, omit_defaults=False):
-    """The answer a client reads from the responses topic (JSON)."""
+    """The answer a client reads from the responses topic (JSON).
+
+    ``user_id`` is null only on an ``invalid`` answer to a request whose ``user_id`` could not be
+    read: a made-up id such as -1 would break the "int >= 0" every reader relies on.
+    """
 
     request_id: str
-    user_id: int
+    user_id: int | None
     status: Status
     items: list[int]
     scores: list[float]

@@ -50,7 +50,7 @@ DELIVERY_ERRORS_NAME: Final = "jizhi_kafka_delivery_errors_total"
 
 EVENTS: Final = Counter(
     EVENTS_NAME,
-    "Events a stage finished, by outcome (ok, expired, shed, invalid, dead_letter).",
+    "Events a stage finished, by outcome (ok, expired, shed, invalid, duplicate, dead_letter).",
     ["pipeline", "stage", "outcome"],
 )
 REQUESTS: Final = Counter(

@@ -25,6 +25,7 @@ import msgspec
 from stages.builtin import Embed, Features, Ingest, Rank, Score
 from stages.context import StageContext
 from stages.errors import PipelineConfigError
+from stages.events import MAX_CANDIDATES
 from stages.pipeline import RESERVED_NAMES, Pipeline, StageSpec
 from stages.stage import Stage, Takes, takes_of
 
@@ -47,7 +48,13 @@ EntryLike = str | StageEntry | Mapping[str, Any]
 
 
 class IngestParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The edge's limits on untrusted input (README, "Requests and responses")."""
+
     max_payload_bytes: typing.Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
+    max_candidates: typing.Annotated[int, msgspec.Meta(ge=1, le=MAX_CANDIDATES)] = MAX_CANDIDATES
+    max_exclude: typing.Annotated[int, msgspec.Meta(ge=0)] = MAX_CANDIDATES
+    max_context_keys: typing.Annotated[int, msgspec.Meta(ge=0)] = 64
+    max_timeout_ms: typing.Annotated[float, msgspec.Meta(gt=0)] = 3_600_000.0
     dedupe_window: typing.Annotated[int, msgspec.Meta(ge=0)] = 100_000
 
 
@@ -64,6 +71,10 @@ def _ingest(p: IngestParams, ctx: StageContext) -> Stage[Any]:
     return Ingest(
         default_timeout_ms=ctx.default_timeout_ms,
         max_payload_bytes=p.max_payload_bytes,
+        max_candidates=p.max_candidates,
+        max_exclude=p.max_exclude,
+        max_context_keys=p.max_context_keys,
+        max_timeout_ms=p.max_timeout_ms,
         dedupe_window=p.dedupe_window,
         admission=ctx.shared_admission(),
         clock=ctx.clock,

@@ -12,7 +12,7 @@ What a write guarantees (phase 1; see ``storage/_table.py`` for the files):
   journal (``storage/_journal.py``); ``meta.json``, replaced atomically, is the commit. A table
   reopened after a crash rolls an uncommitted put back, so every vector is old or new, never
   torn, and the put's appended rows are all there or all absent
-  (``tests/integration/test_storage_crash.py`` proves it by SIGKILLing a writer).
+  (``tests/unit/storage/test_storage_crash.py`` proves it by SIGKILLing a writer).
 - With ``durable=False`` nothing is fsynced: a process crash loses nothing (the page cache
   survives it) but a power cut may lose recent calls, though still only back to a committed state
   of ``meta.json`` as the file system persisted it.
@@ -36,6 +36,7 @@ from storage._closing import ClosesOnExit
 from storage._files import DirLock, atomic_write, fsync_dir
 from storage._table import IDS, META, VECTORS, Meta, Table, encode_meta, read_meta
 from storage.errors import (
+    CorruptTableError,
     InvalidTableNameError,
     ReadOnlyStoreError,
     SchemaMismatchError,
@@ -107,7 +108,10 @@ class EmbeddedStore(ClosesOnExit):
                 if not (path / META).is_file():
                     raise UnknownTableError(f"table {name!r}: not in store {self.path}")
                 meta = read_meta(path, name)
-                table = Table(path, meta, writable=self.mode == "rw", durable=self.durable)
+                try:
+                    table = Table(path, meta, writable=self.mode == "rw", durable=self.durable)
+                except OSError as e:  # removed or unreadable files: say which table, and where
+                    raise CorruptTableError(f"table {name!r}: cannot open {path}: {e}") from e
                 self._tables[name] = table
             return table
 
@@ -170,7 +174,8 @@ class EmbeddedStore(ClosesOnExit):
 
     # -- rows ----------------------------------------------------------------------------------
 
-    def get_many(self, table: str, ids: Any, /) -> Lookup:
+    def get_many(self, table: str, ids: Any, /, *, deadline_ms: float | None = None) -> Lookup:
+        # Local reads from the page cache or disk: bounded already, so the deadline is unused.
         self._check_open()
         t = self._open(table)
         checked = as_ids(table, ids)

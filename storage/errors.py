@@ -68,3 +68,10 @@ class BackendUnavailableError(StorageError):
     """
 
     retriable = True
+
+
+class SecurityNotEnabledError(StorageError):
+    """A user and password were configured for a cluster that runs without security.
+
+    Not retriable: the client refuses every connection until the settings change.
+    """

@@ -9,14 +9,19 @@ the cache and backend numbers add up without a count taken twice.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from storage._arrays import as_ids
 from storage._closing import ClosesOnExit
 from storage.cache import LocalCache
-from storage.store import Lookup, Store, TableSpec
+from storage.store import Ids, Lookup, Store, TableSpec
+
+
+class _Prefetches(Protocol):
+    def prefetch(self, table: str, ids: Ids, /, *, budget_ms: float) -> Lookup: ...
 
 
 class TieredStore(ClosesOnExit):
@@ -38,9 +43,14 @@ class TieredStore(ClosesOnExit):
             self._specs[name] = spec
         return spec
 
-    def get_many(self, table: str, ids: Any, /) -> Lookup:
+    def _fetch(self, table: str, ids: Any, deadline_ms: float | None) -> Lookup:
+        return self.backend.get_many(table, ids, deadline_ms=deadline_ms)
+
+    def get_many(self, table: str, ids: Any, /, *, deadline_ms: float | None = None) -> Lookup:
+        """Cache first, then one backend call for the misses, told the request's deadline
+        (``deadline_ms``, Unix epoch ms) when the backend is one that can stop waiting."""
         if self.cache.capacity_bytes == 0:  # a cache turned off costs nothing
-            return self.backend.get_many(table, ids)
+            return self._fetch(table, ids, deadline_ms)
         spec = self.table(table)
         ids = as_ids(table, ids)
         cached = self.cache.get(spec, ids)
@@ -48,7 +58,7 @@ class TieredStore(ClosesOnExit):
             return cached
         missing = np.flatnonzero(~cached.found)
         wanted, back = np.unique(ids[missing], return_inverse=True)
-        fetched = self.backend.get_many(table, wanted)
+        fetched = self._fetch(table, wanted, deadline_ms)
         vectors, found = cached.vectors, cached.found
         vectors[missing] = fetched.vectors[back]
         found[missing] = fetched.found[back]
@@ -59,6 +69,59 @@ class TieredStore(ClosesOnExit):
             degraded = np.zeros(ids.shape[0], dtype=np.bool_)
             degraded[missing] = fetched.degraded[back]
         return Lookup(vectors, found, degraded)
+
+    def warm(
+        self,
+        table: str,
+        ids: Any,
+        /,
+        *,
+        chunk: int = 4096,
+        budget_ms: float = 250.0,
+        pause_s: float = 0.05,
+        give_up_after: int = 3,
+    ) -> int:
+        """Look ``ids`` up ``chunk`` at a time to fill the cache; returns the rows admitted.
+
+        A cold worker's first burst asks the backend for tens of thousands of keys at once,
+        which a loaded Aerospike answers with timeouts on nearly every record. Warming in
+        chunks keeps each read small enough to succeed; a chunk that fails halves the next one
+        and pauses, and ``give_up_after`` failures in a row stop the warm-up (the cache then
+        fills from traffic). A backend that can prefetch is asked without counting degraded
+        lookups or feeding its breaker: a warm-up is not an answer anyone waits for.
+        """
+        if chunk < 1 or give_up_after < 1:
+            raise ValueError(
+                f"need chunk >= 1 and give_up_after >= 1, got {chunk}, {give_up_after}"
+            )
+        spec = self.table(table)
+        ids = as_ids(table, ids)
+        prefetch = (
+            cast(_Prefetches, self.backend).prefetch if hasattr(self.backend, "prefetch") else None
+        )
+        admitted, failures, lo = 0, 0, 0
+        while lo < ids.shape[0] and self.cache.capacity_bytes > 0:
+            part = ids[lo : lo + chunk]
+            lo += part.shape[0]
+            cached = self.cache.get(spec, part)  # feeds the admission sketch, as traffic would
+            wanted = np.unique(part[~cached.found])
+            if wanted.shape[0] == 0:
+                continue
+            if prefetch is not None:
+                got = prefetch(table, wanted, budget_ms=budget_ms)
+            else:
+                got = self.backend.get_many(table, wanted)
+            if got.found.any():
+                admitted += self.cache.offer(spec, wanted[got.found], got.vectors[got.found])
+            if got.degraded is None or not got.degraded.any():
+                failures = 0
+                continue
+            failures += 1
+            if failures >= give_up_after:
+                break
+            chunk = max(64, chunk // 2)
+            time.sleep(pause_s)
+        return admitted
 
     def put_many(self, table: str, ids: Any, vectors: Any, /) -> None:
         """Write to the backend first: if that fails, the cache still holds the old rows."""

@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from jizhi.local.cluster import down, status, up
+from jizhi.local.config import DEFAULT_CLIENT_PORT
 from jizhi.local.errors import LocalClusterError
 from jizhi.local.jars import KAFKA_VERSION, jars_cached
 from jizhi.local.paths import libs_dir
+from jizhi.local.security import SECURITIES, USER, ca_file, client_toml, password_file
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +34,19 @@ def register(subparsers: Any) -> None:
         default=1,
         help="1 broker, or 3 for fault tests (replication 3 survives one kill)",
     )
+    p_up.add_argument(
+        "--security",
+        choices=SECURITIES,
+        default="plaintext",
+        help="sasl_ssl: TLS with a CA made now, and SCRAM-SHA-512 logins; writes the client "
+        "settings to <state>/security/client.toml (plaintext)",
+    )
+    p_up.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_CLIENT_PORT,
+        help=f"client port of node 1 if free; 0 = any free port ({DEFAULT_CLIENT_PORT})",
+    )
     p_up.add_argument("--kafka-version", default=KAFKA_VERSION, help=argparse.SUPPRESS)
     p_up.set_defaults(func=_cmd_up)
     p_status = sub.add_parser("status", help="is it running, where, which pids")
@@ -41,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def _fail(command: str, exc: LocalClusterError) -> int:
-    print(f"jizhi local {command}: {exc}", file=sys.stderr)
+    print(f"error: jizhi local {command}: {exc}", file=sys.stderr)
     return 1
 
 
@@ -56,7 +72,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         before = status()
-        result = up(args.brokers, kafka_version=version)
+        result = up(
+            args.brokers,
+            kafka_version=version,
+            security=args.security,
+            first_port=args.port or None,
+        )
     except LocalClusterError as exc:
         return _fail("up", exc)
     restarted = [b.node_id for b in before.brokers if before.running and not b.alive]
@@ -71,6 +92,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"logs in {result.state_dir}",
         file=sys.stderr,
     )
+    if result.security != "plaintext":
+        sdir = Path(result.state_dir)
+        print(
+            f"{result.security}: user {USER!r}, password in {password_file(sdir)}, CA "
+            f"{ca_file(sdir)}; clients: --config {client_toml(sdir)}",
+            file=sys.stderr,
+        )
     print(result.bootstrap)  # alone on stdout: `export JIZHI_BOOTSTRAP=$(jizhi local up)`
     return 0
 
@@ -88,7 +116,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         print(
             f"{'running' if result.running else 'stopped'}  kafka {result.kafka_version}  "
-            f"bootstrap {result.bootstrap}"
+            f"bootstrap {result.bootstrap}  {result.security}"
         )
         for b in result.brokers:
             print(

@@ -13,12 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from jizhi.local.config import kafka_uuid, pick_ports, render_config
+from jizhi.local.config import DEFAULT_CLIENT_PORT, kafka_uuid, pick_ports, render_config
 from jizhi.local.errors import LocalClusterError
 from jizhi.local.jars import KAFKA_VERSION, ensure_jars, find_java
 from jizhi.local.launch import format_storage, spawn, wait_ready
 from jizhi.local.paths import node_dir, resolve_state_dir
 from jizhi.local.process import is_alive, read_pid, send_signal, wait_dead
+from jizhi.local.security import Security, make_secrets
 from jizhi.local.state import Node, State, load_state, locked, save_state
 
 _DATA_MARKER = ".jizhi-local-kafka"
@@ -44,6 +45,7 @@ class LocalStatus:
     kafka_version: str | None
     data_dir: str | None
     state_dir: str
+    security: Security = "plaintext"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +72,7 @@ def status(*, state_dir: Path | str | None = None) -> LocalStatus:
         state.kafka_version,
         state.data_dir,
         str(sdir),
+        state.security,
     )
 
 
@@ -80,11 +83,15 @@ def up(
     heap: str | None = None,
     timeout: float = 120.0,
     state_dir: Path | str | None = None,
+    security: Security = "plaintext",
+    first_port: int | None = DEFAULT_CLIENT_PORT,
 ) -> LocalStatus:
     """Starts a cluster of `brokers` nodes and returns once it answers metadata requests.
 
     Idempotent: a running cluster of the same size is returned as is, and nodes of it that were
     killed are started again. Needs `java` (17+) always and `mvn` only until the jars are cached.
+    ``security="sasl_ssl"`` makes a CA, certificates and SCRAM users first (see
+    `jizhi.local.security`); ``first_port`` is where node 1 listens if free (None: any port).
     """
     if brokers not in (1, 3):
         raise LocalClusterError(f"brokers={brokers}: only 1 or 3 are supported", retriable=False)
@@ -93,10 +100,10 @@ def up(
         current = status(state_dir=sdir)
         state = load_state(sdir)
         if state is not None and current.running:
-            if len(state.nodes) != brokers:
+            if len(state.nodes) != brokers or state.security != security:
                 raise LocalClusterError(
-                    f"a {len(state.nodes)}-broker cluster is already running at "
-                    f"{state.bootstrap} (state in {sdir}); run `jizhi local down` first",
+                    f"a {len(state.nodes)}-broker {state.security} cluster is already running "
+                    f"at {state.bootstrap} (state in {sdir}); run `jizhi local down` first",
                     retriable=False,
                 )
             dead = [b.node_id for b in current.brokers if not b.alive]
@@ -111,14 +118,29 @@ def up(
         java = find_java()
         ensure_jars(kafka_version)
         return _start_fresh(
-            java, sdir, brokers=brokers, version=kafka_version, heap=heap, timeout=timeout
+            java,
+            sdir,
+            brokers=brokers,
+            version=kafka_version,
+            heap=heap,
+            timeout=timeout,
+            security=security,
+            first_port=first_port,
         )
 
 
 def _start_fresh(
-    java: str, sdir: Path, *, brokers: int, version: str, heap: str | None, timeout: float
+    java: str,
+    sdir: Path,
+    *,
+    brokers: int,
+    version: str,
+    heap: str | None,
+    timeout: float,
+    security: Security,
+    first_port: int | None,
 ) -> LocalStatus:
-    ports = pick_ports(2 * brokers)
+    ports = pick_ports(2 * brokers, first=first_port)
     data_dir = Path(tempfile.mkdtemp(prefix="jizhi-kafka-"))
     (data_dir / _DATA_MARKER).write_text(str(sdir) + "\n")
     state = State(
@@ -127,10 +149,13 @@ def _start_fresh(
         data_dir=str(data_dir),
         heap=heap or ("1g" if brokers == 1 else "512m"),
         nodes=tuple(Node(i + 1, ports[i], ports[brokers + i]) for i in range(brokers)),
+        security=security,
     )
     # Saved before anything starts, so `down` can clean up whatever the next steps leave behind.
     save_state(sdir, state)
     try:
+        if security != "plaintext":
+            make_secrets(sdir, state.bootstrap)
         for node in state.nodes:
             shutil.rmtree(node_dir(sdir, node.node_id), ignore_errors=True)
             render_config(sdir, state, node)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import uuid
 from importlib import resources
@@ -10,6 +11,7 @@ from pathlib import Path
 from string import Template
 
 from jizhi.local.paths import node_dir
+from jizhi.local.security import listener_block
 from jizhi.local.state import Node, State
 
 DEFAULT_CLIENT_PORT = 9092
@@ -34,8 +36,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def pick_ports(count: int) -> list[int]:
-    ports: list[int] = [DEFAULT_CLIENT_PORT] if _port_free(DEFAULT_CLIENT_PORT) else []
+def pick_ports(count: int, *, first: int | None = DEFAULT_CLIENT_PORT) -> list[int]:
+    """``first`` (the first node's client port) when it is free, the rest wherever the OS says;
+    ``first=None`` keeps a second cluster (a test's) off the well-known port altogether."""
+    ports: list[int] = [first] if first is not None and _port_free(first) else []
     while len(ports) < count:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
@@ -50,8 +54,7 @@ def render_config(sdir: Path, state: State, node: Node) -> Path:
     replication = len(state.nodes)
     text = template.substitute(
         node_id=node.node_id,
-        client_port=node.port,
-        controller_port=node.controller_port,
+        listeners=listener_block(sdir, state.security, node.port, node.controller_port).rstrip(),
         quorum_bootstrap=",".join(f"127.0.0.1:{n.controller_port}" for n in state.nodes),
         log_dir=Path(state.data_dir) / f"node-{node.node_id}",
         replication=replication,
@@ -60,5 +63,9 @@ def render_config(sdir: Path, state: State, node: Node) -> Path:
     ndir = node_dir(sdir, node.node_id)
     ndir.mkdir(parents=True, exist_ok=True)
     path = ndir / "server.properties"
-    path.write_text(text)
+    path.unlink(missing_ok=True)
+    # Owner-only: with --security it holds the keystore and inter-broker passwords.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     return path

@@ -12,6 +12,7 @@ from jizhi.local.config import kafka_uuid
 from jizhi.local.errors import LocalClusterError
 from jizhi.local.paths import libs_dir, node_dir
 from jizhi.local.process import is_alive, read_pid, tail
+from jizhi.local.security import admin_conf, scram_args
 from jizhi.local.state import Node, State
 from stages.runtime.kafka import KafkaAdmin, TransportError
 
@@ -46,6 +47,8 @@ def format_storage(java: str, sdir: Path, state: State) -> None:
             f"{n.node_id}@127.0.0.1:{n.controller_port}:{kafka_uuid()}" for n in state.nodes
         )
         quorum = ["--initial-controllers", voters]
+    if state.security == "sasl_ssl":
+        quorum += scram_args(sdir)
     running = []
     for node in state.nodes:
         config = node_dir(sdir, node.node_id) / "server.properties"
@@ -124,7 +127,12 @@ def wait_ready(sdir: Path, state: State, node_ids: list[int], timeout: float) ->
             if admin is None and any(_connectable(n.port) for n in state.nodes):
                 # log_level 0: librdkafka would print every refused connection to a booting node.
                 admin = KafkaAdmin(
-                    {"bootstrap.servers": state.bootstrap, "log_level": 0}, timeout=2
+                    {
+                        "bootstrap.servers": state.bootstrap,
+                        "log_level": 0,
+                        **admin_conf(sdir, state.security),
+                    },
+                    timeout=2,
                 )
             if admin is not None:
                 try:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jizhi.local.errors import LocalClusterError
+from jizhi.local.security import SECURITIES, Security
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class State:
     data_dir: str
     heap: str
     nodes: tuple[Node, ...]
+    security: Security = "plaintext"
 
     @property
     def bootstrap(self) -> str:
@@ -51,6 +53,7 @@ def load_state(sdir: Path) -> State | None:
             data_dir=raw["data_dir"],
             heap=raw["heap"],
             nodes=tuple(Node(**n) for n in raw["nodes"]),
+            security=_security(raw.get("security", "plaintext")),
         )
     except FileNotFoundError:
         return None
@@ -59,6 +62,13 @@ def load_state(sdir: Path) -> State | None:
             f"{path}: unreadable state file ({exc}); stop any broker by hand and delete it",
             retriable=False,
         ) from exc
+
+
+def _security(value: object) -> Security:
+    for s in SECURITIES:  # a state file from before `--security` has none: plaintext
+        if value == s:
+            return s
+    raise ValueError(f"security {value!r} is not one of {SECURITIES}")
 
 
 def save_state(sdir: Path, state: State) -> None:

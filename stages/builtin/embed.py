@@ -30,7 +30,9 @@ class Embed(BaseStage):
             return []
         counts = np.fromiter((len(e.candidates) for e in batch), dtype=np.int64, count=len(batch))
         ids = np.concatenate([e.candidates for e in batch])
-        looked = self._store.get_many(self._table, ids)
+        looked = self._store.get_many(
+            self._table, ids, deadline_ms=min(e.deadline_ms for e in batch)
+        )
         vectors = np.asarray(looked.vectors, dtype=np.float32)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         missing = np.add.reduceat((~looked.found).astype(np.int64), starts).tolist()

@@ -76,7 +76,9 @@ class Features(BaseStage):
         if not batch:
             return []
         ids = np.fromiter((e.user_id for e in batch), dtype=np.int64, count=len(batch))
-        looked = self._store.get_many(self._table, ids)
+        looked = self._store.get_many(
+            self._table, ids, deadline_ms=min(e.deadline_ms for e in batch)
+        )
         ctx = self._hasher.transform([e.context for e in batch])
         user = np.concatenate([np.asarray(looked.vectors, dtype=np.float32), ctx], axis=1)
         if looked.degraded is None or not looked.degraded.any():

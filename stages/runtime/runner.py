@@ -34,10 +34,19 @@ DEPTH_SAMPLE_S = 0.1
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """A micro-batch closes at ``max_size`` events or ``max_wait_ms`` after its first event."""
+    """A micro-batch closes at ``max_size`` events or ``max_wait_ms`` after its first event.
+
+    ``max_candidates`` bounds the work of one ``process`` call: a stage's cost grows with the
+    candidates of the batch, not its requests, so one request with 10,000 candidates among 63 of
+    200 would nearly double everyone's wait. A batch over the bound is processed in parts, short
+    requests first (order per user kept), each part routed before the next starts; a request over
+    the bound goes alone. Taking a batch from the source is unchanged (the candidates are unknown
+    until decoded).
+    """
 
     max_size: int = 64
     max_wait_ms: float = 2.0
+    max_candidates: int = 16_384
 
 
 @dataclass(slots=True)
@@ -78,7 +87,7 @@ class StageRunner:
         name = stage.name
         self._m_events = {
             o: metrics.EVENTS.labels(pipeline, name, o)
-            for o in ("ok", "expired", "shed", "invalid", "dead_letter")
+            for o in ("ok", "expired", "shed", "invalid", "duplicate", "dead_letter")
         }
         self._m_batch = metrics.BATCH_SIZE.labels(pipeline, name)
         self._m_time = metrics.PROCESSING.labels(pipeline, name)
@@ -144,13 +153,27 @@ class StageRunner:
 
     def handle(self, batch: Sequence[Envelope]) -> None:
         """Process one micro-batch synchronously (also the entry point for tests)."""
-        name = self.stage.name
-        now_ms = self._clock() * 1000.0
         live: list[Envelope] = list(batch)
-        answers: list[Envelope] = []
-        undecodable: list[Envelope] = []
         if self._decode is not None:
             live, undecodable = self._decode_all(live)
+            if undecodable:
+                self._m_events["dead_letter"].inc(len(undecodable))
+                self.routes.dead.put_many(undecodable)
+        self.processed += len(batch)
+        if self._m_requests is not None:
+            self._m_requests.inc(len(batch))
+        if not self._takes_events:
+            self._handle_part(live)
+            return
+        for part in _parts(live, self.policy.max_candidates):
+            self._handle_part(part)
+
+    def _handle_part(self, live: list[Envelope]) -> None:
+        """Drop what expired, process the rest, route every result. Each part of an oversized
+        batch is routed before the next is processed, so its requests need not wait for them."""
+        name = self.stage.name
+        now_ms = self._clock() * 1000.0
+        answers: list[Envelope] = []
         if self._takes_events and live:
             deadlines = np.fromiter((env.value.deadline_ms for env in live), np.float64, len(live))
             expired = deadlines <= now_ms
@@ -175,7 +198,7 @@ class StageRunner:
 
         done_ms = self._clock() * 1000.0
         forward: list[Envelope] = []
-        dead: list[Envelope] = undecodable
+        dead: list[Envelope] = []
         invalid: list[Envelope] = []
         created: list[float] = []
         for env, res in zip(live, results, strict=True):
@@ -193,10 +216,7 @@ class StageRunner:
                 answers.append(Envelope(stamped, env.ticket))
             else:
                 forward.append(Envelope(stamped, env.ticket))
-        self.processed += len(batch)
 
-        if self._m_requests is not None:
-            self._m_requests.inc(len(batch))
         if created:
             self._m_latency.observe_many((done_ms - np.asarray(created)) / 1000.0)
         if self._m_budget is not None and forward:
@@ -222,6 +242,32 @@ class StageRunner:
             self.routes.answers.put_many(responses)
 
 
+def _parts(batch: list[Envelope], max_candidates: int) -> list[list[Envelope]]:
+    """``batch`` cut into parts of at most ``max_candidates`` candidates (a request over the
+    bound by itself forms its own part), smallest first: users go in the order of their largest
+    request in the batch, so short requests are not held behind a long one, and each user's
+    requests keep their order."""
+    counts = [len(env.value.candidates) for env in batch]
+    if sum(counts) <= max_candidates:
+        return [batch]
+    largest: dict[int, int] = {}
+    for env, n in zip(batch, counts, strict=True):
+        uid = env.value.user_id
+        largest[uid] = max(largest.get(uid, 0), n)
+    order = sorted(range(len(batch)), key=lambda i: largest[batch[i].value.user_id])
+    parts: list[list[Envelope]] = []
+    part: list[Envelope] = []
+    total = 0
+    for i in order:
+        if part and total + counts[i] > max_candidates:
+            parts.append(part)
+            part, total = [], 0
+        part.append(batch[i])
+        total += counts[i]
+    parts.append(part)
+    return parts
+
+
 class _RawTicket:
     """Wraps an input's ticket while keeping the input's wire bytes for dead letters."""
 
@@ -239,7 +285,7 @@ class _RawTicket:
 def _invalid_response(letter: DeadLetter, now_ms: float) -> Response:
     return Response(
         request_id=letter.request_id,
-        user_id=letter.user_id if letter.user_id is not None else -1,
+        user_id=letter.user_id,
         status="invalid",
         items=[],
         scores=[],

@@ -84,6 +84,20 @@ def kafka_bootstrap(kafka_under_test: KafkaUnderTest) -> str:
     return kafka_under_test.bootstrap
 
 
+@pytest.fixture(scope="module")
+def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A three-node cluster of the module's own (its state folder, ports off the session
+    broker's), so fault tests can kill nodes of it beside the session's single broker."""
+    if os.environ.get("JIZHI_BOOTSTRAP"):
+        pytest.skip("JIZHI_BOOTSTRAP points at an external broker; not starting local ones")
+    state_dir = tmp_path_factory.mktemp("three-brokers")
+    local.up(3, state_dir=state_dir, first_port=None)
+    try:
+        yield state_dir
+    finally:
+        local.down(state_dir=state_dir, timeout=15)
+
+
 @pytest.fixture
 def local_cluster(kafka_under_test: KafkaUnderTest) -> local.LocalStatus:
     """For tests of `jizhi local` itself: skips unless this session's broker is a local one."""

@@ -303,10 +303,18 @@ def test_allocator_rides_a_wave_without_losing_a_message(
         # consumer owns the partitions, so the first step measures the loop, not a cold start.
         first = tmp_path / "workers" / f"{STAGE}-0.log"
         end = time.monotonic() + 30.0
-        while time.monotonic() < end and not any(
+        while not any(
             _ASSIGNED.match(line)
             for line in (first.read_text() if first.exists() else "").splitlines()
         ):
+            if time.monotonic() >= end or died:
+                log = first.read_text()[-2000:] if first.exists() else "(never written)"
+                pytest.fail(
+                    f"the allocator's first consumer owned no partition within 30 s "
+                    f"(reconcile loop {'died: ' + repr(died[0]) if died else 'alive'}, "
+                    f"{len(looks)} looks); without it the wave would measure a cold start. "
+                    f"{first}:\n{log}"
+                )
             time.sleep(0.1)
         wave.start()
         total = sum(s for s, _ in PHASES)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,57 @@ def test_garbage_goes_to_dead_letters_with_a_reason(
     assert "missing required field" in reasons["missing-fields"]
     huge = [d for d in got.dead if "exceeds the limit" in d.reason]
     assert len(huge) == 1 and len(huge[0].payload) <= 1024  # only a prefix is kept
+
+
+def test_a_repeated_request_id_is_answered_not_left_to_time_out(
+    pipeline: tuple[Workers, WorkerProc], kafka_bootstrap: str
+) -> None:
+    """The README's client snippet run twice: the second run used to wait 5 s for silence."""
+    w, _ = pipeline
+    rid = f"again-{uuid.uuid4().hex[:8]}"
+    req = {"request_id": rid, "user_id": 7, "candidates": [1, 2, 3], "k": 2, "timeout_ms": 30_000}
+    with Client(kafka_bootstrap, w.pipeline) as first_run:
+        first = first_run.request(req, timeout=30.0)
+        assert first.status == "ok", w.logs()
+        # The same process re-sending (after a timeout, say) gets the first answer again.
+        again = first_run.request(req, timeout=10.0)
+        assert (again.status, again.items, again.scores) == ("ok", first.items, first.scores)
+        # Sent twice at once: the repeat's `duplicate` answer comes first (ingest gives it
+        # straight away), but the client waits for the first copy's answer.
+        req2 = {**req, "request_id": f"{rid}-twice"}
+        f1, f2 = first_run.submit(req2), first_run.submit(req2)
+        first_run.flush()
+        assert f1 is f2 and f1.result(30.0).status == "ok"
+    with Client(kafka_bootstrap, w.pipeline) as second_run:
+        t0 = time.monotonic()
+        dup = second_run.request(req, timeout=10.0)
+    assert dup.status == "duplicate" and dup.items == [] and dup.user_id == 7, dup
+    assert "first answer is the answer" in dup.reason
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_dead_letters_carry_the_request_id_header(
+    pipeline: tuple[Workers, WorkerProc], kafka_bootstrap: str
+) -> None:
+    w, _ = pipeline
+    tag = uuid.uuid4().hex[:8]
+    got = Collected()
+    bad_types = f'{{"request_id": "h-{tag}", "user_id": "abc", "candidates": [1]}}'.encode()
+    too_many = json.dumps(
+        {"request_id": f"big-{tag}", "user_id": 4, "candidates": [1], "pad": "x" * (1 << 20)}
+    ).encode()
+    with Client(
+        kafka_bootstrap, w.pipeline, on_responses=got.on_responses, on_dead=got.on_dead
+    ) as c:
+        c.publish(bad_types)
+        c.publish(too_many)
+        c.flush()
+        got.wait(responses=2, dead=2)
+    answers = {r.request_id: r for r in got.responses}
+    dead = {d.request_id: d for d in got.dead}
+    assert {f"h-{tag}", f"big-{tag}"} <= set(dead), (got.dead, w.logs())
+    assert "user_id" in dead[f"h-{tag}"].reason
+    assert "exceeds the limit" in dead[f"big-{tag}"].reason
+    # The invalid answers: an unreadable user_id is null, never a made-up -1.
+    assert answers[f"h-{tag}"].status == "invalid" and answers[f"h-{tag}"].user_id is None
+    assert answers[f"big-{tag}"].status == "invalid" and answers[f"big-{tag}"].user_id == 4

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,19 +150,6 @@ def test_kcat_round_trip(kafka_bootstrap: str, unique_topic: Callable[..., str])
 
 
 # --- three brokers --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Its own state folder, so it runs beside the session's single broker."""
-    if os.environ.get("JIZHI_BOOTSTRAP"):
-        pytest.skip("JIZHI_BOOTSTRAP points at an external broker; not starting local ones")
-    state_dir = tmp_path_factory.mktemp("three-brokers")
-    local.up(3, state_dir=state_dir)
-    try:
-        yield state_dir
-    finally:
-        local.down(state_dir=state_dir, timeout=15)
 
 
 @pytest.mark.slow

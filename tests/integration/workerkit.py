@@ -26,6 +26,8 @@ from jizhi.synth import Workload, WorldSpec, ensure_world
 
 WORLD = WorldSpec(users=500, items=20_000, dim=16, seed=7)
 PARTITIONS = 4
+WORLD_FLAGS = ("--users", str(WORLD.users), "--items", str(WORLD.items), "--dim", str(WORLD.dim))
+"""The command-line flags that name `WORLD` to `jizhi worker` and `jizhi publish`."""
 
 CONFIG = """
 [pipeline]
@@ -150,12 +152,7 @@ class Workers:
             str(self.config),
             "--metrics-port",
             "0",
-            "--users",
-            str(WORLD.users),
-            "--items",
-            str(WORLD.items),
-            "--dim",
-            str(WORLD.dim),
+            *WORLD_FLAGS,
             "--seed",
             str(WORLD.seed),
             "--world-dir",
@@ -179,6 +176,43 @@ class Workers:
             if w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGKILL)
                 w.proc.wait(10)
+
+
+def publish_argv(
+    bootstrap: str,
+    pipeline: str,
+    requests: int,
+    *,
+    rate: float,
+    timeout_ms: float = 60_000.0,
+    answer_timeout_s: float = 60.0,
+    warmup: int = 200,
+) -> list[str]:
+    """`jizhi publish` arguments (after ``jizhi``) for these workers' world: long deadlines, no
+    timed warm-up (the short readiness gate is enough), no progress line."""
+    return [
+        "publish",
+        "--bootstrap",
+        bootstrap,
+        "--pipeline",
+        pipeline,
+        "--requests",
+        str(requests),
+        "--rate",
+        f"{rate:g}",
+        "--timeout-ms",
+        f"{timeout_ms:g}",
+        "--warmup",
+        str(warmup),
+        "--warmup-s",
+        "0",
+        "--answer-timeout",
+        f"{answer_timeout_s:g}",
+        "--partitions",
+        str(PARTITIONS),
+        *WORLD_FLAGS,
+        "--no-progress",
+    ]
 
 
 def workload(requests: int, *, timeout_ms: float = 60_000.0) -> Workload:

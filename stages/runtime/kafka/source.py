@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stages import metrics
 from stages.runtime.channel import Envelope
+from stages.runtime.kafka.errors import consumer_fatal
 from stages.runtime.kafka.topics import TransportError
 from stages.runtime.offsets import OffsetTracker
 
@@ -258,7 +259,7 @@ class KafkaSource:
     def _message_error(self, msg: Message, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal():
+        if consumer_fatal(err):
             self._fatal = err
         log.warning("consumer of %s[%s]: %s", self.topic, msg.partition(), err.str())
 
@@ -308,6 +309,6 @@ class KafkaSource:
         log.warning("%s: lost %s", self._stage, sorted(p.partition for p in partitions))
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if consumer_fatal(err):
             self._fatal = err
         log.warning("consumer of %s: %s", self.topic, err.str())

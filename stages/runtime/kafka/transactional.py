@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stages.runtime.channel import BoundedQueue, Envelope
+from stages.runtime.kafka.errors import consumer_fatal
 from stages.runtime.kafka.producer import Encoder
 from stages.runtime.kafka.source import _Lag, consume_batch
 from stages.runtime.kafka.topics import TransportError
@@ -191,7 +192,7 @@ class TransactionalChain:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.fatal():
+                if consumer_fatal(err):
                     raise TransportError(f"consumer of {self.topic}: {err.str()}", retriable=False)
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer of %s[%s]: %s", self.topic, msg.partition(), err.str())

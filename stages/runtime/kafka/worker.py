@@ -62,7 +62,8 @@ class _Encoders:
         return str(ev.user_id).encode(), self._codec().encode(ev), None
 
     def response(self, r: Response) -> tuple[bytes | None, bytes, None]:
-        return str(r.user_id).encode(), msgspec.json.encode(r), None
+        key = None if r.user_id is None else str(r.user_id).encode()
+        return key, msgspec.json.encode(r), None
 
     def dead(self, d: DeadLetter) -> tuple[bytes | None, bytes, Headers]:
         headers: Headers = [

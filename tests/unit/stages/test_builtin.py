@@ -93,12 +93,24 @@ class TestIngest:
         assert "exceeds the limit" in out.dead[0].reason
         assert "not both" in out.dead[1].reason
 
-    def test_duplicate_request_id_is_dead_lettered_not_answered_twice(self) -> None:
+    def test_duplicate_request_id_is_answered_duplicate_not_served_twice(self) -> None:
         h = StageHarness(Ingest(clock=clock), clock=clock)
         out = h.run([request("a"), request("a"), request("b")])
         assert [e.request_id for e in out.forwarded] == ["a", "b"]
-        assert len(out.dead) == 1 and "duplicate" in out.dead[0].reason
-        assert out.answers == []
+        assert out.dead == []
+        [dup] = out.answers
+        assert (dup.request_id, dup.status, dup.items, dup.user_id) == ("a", "duplicate", [], 3)
+        assert "first answer is the answer" in dup.reason
+        # A later batch too: the window spans batches.
+        again = h.run([request("b")])
+        assert [r.status for r in again.answers] == ["duplicate"] and again.forwarded == []
+
+    def test_a_shed_request_sent_again_is_a_retry_not_a_duplicate(self) -> None:
+        h = StageHarness(Ingest(clock=clock), clock=clock)
+        first = h.run([request("late", deadline_ms=NOW * 1000 - 1)])
+        assert [r.status for r in first.answers] == ["expired"]
+        retry = h.run([request("late", timeout_ms=100)])
+        assert [e.request_id for e in retry.forwarded] == ["late"] and retry.answers == []
 
     def test_expired_and_shed_are_answered_at_once(self) -> None:
         adm = Admission(rate=1.0, burst_seconds=1.0, min_budget_ms=5, clock=clock)
@@ -205,8 +217,10 @@ class _DegradedStore:
     def table(self, name: str, /) -> object:
         return self.inner.table(name)
 
-    def get_many(self, table: str, ids: np.ndarray, /) -> Lookup:
-        looked = self.inner.get_many(table, ids)
+    def get_many(
+        self, table: str, ids: np.ndarray, /, *, deadline_ms: float | None = None
+    ) -> Lookup:
+        looked = self.inner.get_many(table, ids, deadline_ms=deadline_ms)
         mask = np.isin(ids, list(self.down))
         return Lookup(looked.vectors, looked.found & ~mask, mask)
 

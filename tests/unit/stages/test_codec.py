@@ -530,10 +530,15 @@ def test_deeply_nested_request_is_a_codec_error_not_recursion_error() -> None:
         (b"{}", ("", None)),
         (b"[1,2]", ("", None)),
         (b"not json", ("", None)),
-        (b'{"request_id":"r","user_id":1', ("", None)),  # truncated: nothing is trusted
+        # Truncated: the id is read from the prefix (so the client is answered); a number at the
+        # cut may itself be cut, so the user is not trusted.
+        (b'{"request_id":"r","user_id":1', ("r", None)),
+        (b'{"request_id":"r","user_id":12,"candidates":[1', ("r", 12)),
+        (b'{"request_id":"r","user_id":1e400,"candidates":[1]}', ("r", None)),
+        (b'{"request_id":"r","user_id":1,"x":NaN}', ("r", 1)),
         (b"", ("", None)),
         (b"\xff\x00\x80", ("", None)),
-        (DEEP, ("", None)),
+        (DEEP, ("deep", 3)),  # too deep to decode, but its head is plain
     ],
 )
 def test_header_recovers_what_it_can(data: bytes, want: tuple[str, int | None]) -> None:

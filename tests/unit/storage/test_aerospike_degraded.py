@@ -1,9 +1,9 @@
 """The Aerospike store's degraded mode and recovery, with no server.
 
 Two kinds of failing backend, both real as far as the store can tell: the official client
-pointed at a closed loopback port (it fails for real, in its own C code), and a stand-in client
-that raises the client's own exception types and answers with its own BatchRecords types, so the
-breaker can be walked from closed to open to half-open and back with a fake clock.
+pointed at a closed loopback port (it fails for real, in its own C code), and the stand-in client
+(tests/unit/storage/aerospike_standin.py) that fails as the real one was seen to, so the breaker
+can be walked from closed to open to half-open and back with a fake clock.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 import aerospike
 import numpy as np
 import pytest
-from aerospike_helpers.batch.records import BatchRecord, BatchRecords
 from prometheus_client import REGISTRY
 
 from storage import LocalCache, TableSpec, TieredStore
 from storage.aerospike_store import AerospikeSettings, AerospikeStore
 from storage.breaker import Breaker
 from storage.errors import BackendUnavailableError
+from tests.unit.storage.aerospike_standin import StandInClient
 
 SPEC = TableSpec("emb_items", 4)
 
@@ -41,39 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FlakyClient:
-    """Answers like the real client while ``up``; raises its real TimeoutError while down."""
-
-    def __init__(self, rows: dict[int, bytes]) -> None:
-        self.rows = rows
-        self.up = False
-        self.calls = 0
-
-    def is_connected(self) -> bool:
-        return True
-
-    def batch_read(self, keys: list[tuple[str, str, int]], bins: Any = None) -> BatchRecords:
-        self.calls += 1
-        if not self.up:
-            raise aerospike.exception.TimeoutError(9, "timeout", "fake", 0, True)  # type: ignore[attr-defined]
-        out = []
-        for key in keys:
-            rec = BatchRecord(key)
-            if key[2] in self.rows:
-                rec.result, rec.record = 0, (key, {}, {"v": self.rows[key[2]]})
-            else:
-                rec.result = 2
-            out.append(rec)
-        return BatchRecords(out)
-
-    def close(self) -> None:
-        pass
-
-
-def _row(i: int) -> bytes:
-    return np.full(4, i, dtype=np.float32).tobytes()
 
 
 # -- the breaker alone -------------------------------------------------------------------------
@@ -144,14 +111,14 @@ def test_an_unreachable_cluster_degrades_instead_of_failing() -> None:
 
 def test_the_store_recovers_by_itself_when_the_cluster_returns() -> None:
     clock = Clock()
-    client = FlakyClient({1: _row(1), 2: _row(2)})
+    client = StandInClient.of(SPEC.name, range(1, 3), state="paused")
     settings = AerospikeSettings(breaker_failures=2, breaker_reset_s=1.0)
-    store = AerospikeStore(settings, specs=[SPEC], client_factory=lambda c: client, clock=clock)
+    store = AerospikeStore(settings, specs=[SPEC], client_factory=client.factory, clock=clock)
     for _ in range(4):
         assert store.get_many(SPEC.name, np.array([1, 2])).degraded is not None
-    assert client.calls == 2
+    assert len(client.calls) == 2
     assert str(store.breaker.state) == "open"
-    client.up = True
+    client.state = "up"
     assert store.get_many(SPEC.name, np.array([1])).degraded is not None  # still open
     clock.now += 1.0  # half-open: the next lookup is the probe
     got = store.get_many(SPEC.name, np.array([2, 9, 1]))
@@ -164,22 +131,21 @@ def test_the_store_recovers_by_itself_when_the_cluster_returns() -> None:
 
 def test_cache_hits_are_served_while_the_backend_is_down() -> None:
     clock = Clock()
-    client = FlakyClient({i: _row(i) for i in range(10)})
-    client.up = True
+    client = StandInClient.of(SPEC.name, range(10))
     backend = AerospikeStore(
         AerospikeSettings(breaker_failures=1),
         specs=[SPEC],
-        client_factory=lambda c: client,
+        client_factory=client.factory,
         clock=clock,
     )
     store = TieredStore(backend, LocalCache(1 << 20))
     store.get_many(SPEC.name, np.array([1, 2, 3]))  # warms the cache
-    client.up = False
+    client.state = "stopped"
     got = store.get_many(SPEC.name, np.array([1, 7, 2, 8]))
     np.testing.assert_array_equal(got.found, [True, False, True, False])
     np.testing.assert_array_equal(got.vectors[:, 0], [1, 0, 2, 0])
     assert got.degraded is not None
     np.testing.assert_array_equal(got.degraded, [False, True, False, True])
-    calls = client.calls
+    calls = len(client.calls)
     assert store.get_many(SPEC.name, np.array([1, 2, 3])).degraded is None  # all hits
-    assert client.calls == calls
+    assert len(client.calls) == calls

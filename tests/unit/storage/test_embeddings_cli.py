@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from jizhi.cli import main
+from jizhi.config import Settings, StoreSettings
+from jizhi.embeddings_cli import destination
+from jizhi.synth import WorldSpec, ensure_world
 from storage import EmbeddedStore, TableSpec
+from storage.aerospike_store import AerospikeSettings
 from storage.synthetic import synthetic_rows
 
 
@@ -82,3 +86,54 @@ def test_bad_input_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     argv = ["embeddings", "load", str(tmp_path / "x.csv"), "--table", "t"]
     assert main([*argv, "--store", str(tmp_path / "db")]) == 2
     assert "expected a .npy or .parquet file" in capsys.readouterr().err
+
+
+def test_a_finished_load_is_not_resumed_into_another_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the checkpoint ignored where rows went, so the second run said "resuming 'items'
+    at row 3,000" and wrote nothing."""
+    monkeypatch.setenv("JIZHI_HOME", str(tmp_path / "home"))
+    argv = ["embeddings", "generate", "--table", "items", "--rows", "3000", "--dim", "4"]
+    argv += ["--chunk", "1000", "--no-progress"]
+    assert main([*argv, "--store", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--store", str(tmp_path / "b")]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    with EmbeddedStore(tmp_path / "b", mode="r") as s:
+        assert s.count("items") == 3000
+
+
+def test_the_destination_names_backend_address_namespace_and_table(tmp_path: Path) -> None:
+    embedded = Settings(store=StoreSettings(path=str(tmp_path / "a")))
+    aero = Settings(
+        store=StoreSettings(
+            backend="aerospike",
+            aerospike=AerospikeSettings(hosts=("h2:3000", "h1:3000"), namespace="ns"),
+        )
+    )
+    assert destination(embedded, "items") == {
+        "backend": "embedded",
+        "path": str((tmp_path / "a").resolve()),
+        "table": "items",
+    }
+    assert destination(aero, "items") == {
+        "backend": "aerospike",
+        "hosts": ["h1:3000", "h2:3000"],
+        "namespace": "ns",
+        "set": "items",
+    }
+
+
+def test_demo_tables_hold_the_demo_worlds_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JIZHI_HOME", str(tmp_path / "home"))
+    world = WorldSpec(users=300, items=700, dim=4, seed=3)
+    argv = ["embeddings", "demo-tables", "--users", "300", "--items", "700", "--dim", "4"]
+    assert main([*argv, "--seed", "3", "--store", str(tmp_path / "db"), "--no-progress"]) == 0
+    built = ensure_world(world, tmp_path / "worlds")
+    for name, rows in (("users", 300), ("items", 700)):
+        ids = np.arange(rows)
+        np.testing.assert_array_equal(
+            _rows(tmp_path / "db", name, ids), _rows(built.store_path, name, ids)
+        )

@@ -1,7 +1,8 @@
 """The compose actuator at its boundary: a fake ``docker`` executable (a Python script written
 into tmp_path) that records its argv and cwd, answers ``config --services``, ``ps --format json``
 (in either format) and ``up --scale`` from a state file, and fails on demand with the CLI's own
-messages. No Docker needed; here rather than in unit/ because every call starts that process."""
+messages. No Docker and no broker needed, so it runs in the unit pass; every call starts that
+process, hence the ``processes`` marker."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from allocator.actuators.compose import ComposeActuator, worker_service
 from allocator.errors import ActuatorError, AllocatorConfigError
 from stages.registry import DEFAULT_STAGES
 
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
+pytestmark = pytest.mark.processes
+
+COMPOSE_FILE = Path(__file__).resolve().parents[3] / "compose" / "docker-compose.yml"
 
 FAKE_DOCKER = """#!{python}
 import json, os, sys, time

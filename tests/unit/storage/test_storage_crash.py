@@ -10,7 +10,8 @@ an undo journal left behind), and checks after each kill that:
 - that ``v`` is the last put the child saw return, or the one in flight,
 - a read-only opener (a worker) sees the same thing before any writer has recovered the table.
 
-No broker needed; it sits in tests/integration because it starts processes.
+No broker needed, so it runs in the unit pass; it starts (and kills) processes, hence the
+``processes`` marker.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from storage import EmbeddedStore, TableSpec
 from storage._journal import JOURNAL
+
+pytestmark = pytest.mark.processes
 
 ROWS = 20_000
 DIM = 64
@@ -75,7 +79,7 @@ def test_a_killed_writer_leaves_every_put_whole(tmp_path: Path) -> None:
         store.put_many(
             "t", np.arange(ROWS, dtype=np.int64), np.zeros((ROWS, DIM), dtype=np.float32)
         )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     rng = random.Random(1)
     committed, kills, mid_put = 0, 0, 0
     deadline = time.monotonic() + 60
