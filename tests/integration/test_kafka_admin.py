@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +25,10 @@ def test_topics_are_created_grown_and_deleted_idempotently(
     assert admin.partition_counts()[topic] == 2
 
     admin.create_partitions(topic, 3)
+    # The broker acknowledges the new partition before every metadata answer shows it.
+    end = time.monotonic() + 10
+    while admin.partition_counts()[topic] != 3 and time.monotonic() < end:
+        time.sleep(0.1)
     assert admin.partition_counts()[topic] == 3
     where = re.escape(f"grow topic {topic} to 2 partitions at {kafka_bootstrap}")
     with pytest.raises(TransportError, match=where):

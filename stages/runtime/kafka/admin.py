@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -63,6 +63,8 @@ class KafkaAdmin:
     def __init__(self, conf: Mapping[str, Any], *, timeout: float = 30.0) -> None:
         self.bootstrap = str(conf.get("bootstrap.servers", "?"))
         self.timeout = timeout
+        self._conf = dict(conf)
+        self._readers: dict[str, Consumer] = {}
         try:
             self._client = AdminClient(dict(conf))
         except KafkaException as exc:
@@ -174,21 +176,42 @@ class KafkaAdmin:
         self, group: str, topic: str, partitions: int, /, *, timeout: float | None = None
     ) -> list[int]:
         """``group``'s committed offset per partition ``0..partitions-1``; -1 where it has
-        committed nothing, so that callers need not know librdkafka's OFFSET_INVALID."""
+        committed nothing, so that callers need not know librdkafka's OFFSET_INVALID.
+
+        Read through a consumer of the group that never joins it, not the admin API: the admin
+        client's ListConsumerGroupOffsets crashes the process (a NULL consumer group in
+        librdkafka's OffsetFetch handler) whenever the coordinator answers NOT_COORDINATOR or is
+        still loading, as on a fresh or restarted broker (librdkafka#5040,
+        confluent-kafka-python#1982); a consumer has the group handle that answer needs."""
         wait = self._timeout(timeout)
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         doing = f"cannot read offsets of group {group} on {topic}"
-        futures = self._call(
-            doing,
-            lambda: self._client.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, tps)], request_timeout=wait
-            ),
-        )
-        got = {
-            (t.topic, t.partition): int(t.offset)
-            for t in self._result(futures[group], doing, wait).topic_partitions
-        }
-        return [max(-1, got.get((topic, p), -1)) for p in range(partitions)]
+        reader = self._reader(group, doing)
+        try:
+            got = reader.committed(tps, timeout=wait)
+        except KafkaException as exc:
+            raise self._error(doing, exc) from exc
+        failed = [t.error for t in got if t.error is not None]
+        if failed:
+            raise self._error(doing, KafkaException(failed[0]))
+        by_partition = {t.partition: int(t.offset) for t in got if t.topic == topic}
+        return [max(-1, by_partition.get(p, -1)) for p in range(partitions)]
+
+    def _reader(self, group: str, doing: str) -> Consumer:
+        reader = self._readers.get(group)
+        if reader is None:
+            conf = {
+                **self._conf,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+            try:
+                reader = Consumer(conf)
+            except KafkaException as exc:
+                raise self._error(doing, exc) from exc
+            self._readers[group] = reader
+        return reader
 
     def group_members(self, group: str, /, *, timeout: float | None = None) -> list[str]:
         """Member ids of ``group``'s current members (a group that never existed has none).
@@ -207,6 +230,9 @@ class KafkaAdmin:
         client can be collected on librdkafka's background thread (a collection triggered by an
         admin result callback there), which destroys the handle from its own thread and crashes
         the process (confluent-kafka-python#1761, #2129); a short-lived admin must be closed."""
+        for reader in self._readers.values():
+            reader.close()  # it never joined the group: nothing to leave or commit
+        self._readers.clear()
         self._client.__exit__(None, None, None)
 
     def __enter__(self) -> KafkaAdmin:

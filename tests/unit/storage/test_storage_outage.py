@@ -131,7 +131,12 @@ def test_aerospike_outage_degrades_then_recovers_by_itself(outage: State) -> Non
         assert all(r[1] > 0 for r in during)
         back = time.monotonic()
         client.state = "up"
-        _recovered(loop, back, within=5.0)
+        took = _recovered(loop, back, within=5.0)
+    batches = len(loop.log)
+    print(
+        f"\n{outage}: {batches} batches answered, {len(during)} degraded during, "
+        f"whole {took:.2f} s after"
+    )
 
 
 def test_aerospike_restart_cycle_under_load() -> None:
@@ -145,8 +150,9 @@ def test_aerospike_restart_cycle_under_load() -> None:
             time.sleep(hold)
         back = time.monotonic()
         client.state = "up"
-        _recovered(loop, back, within=5.0)
+        took = _recovered(loop, back, within=5.0)
     assert loop.log
+    print(f"\nrestart cycle: {len(loop.log)} batches answered, whole {took:.2f} s after")
 
 
 def _embedded(tmp_path: Path) -> Path:
