@@ -41,9 +41,9 @@ from allocator.policy import PartitionOptions, ScalingOptions, ShedOptions
 from allocator.reconcile import Reconciler
 from jizhi.config import PipelineSettings, Settings, jizhi_home, load_settings, pipeline_of
 from jizhi.metrics_server import serve_metrics
-from jizhi.reach import require_broker
 from stages.pipeline import Pipeline
 from stages.runtime.kafka import ensure_control_topic, group_id, input_topic
+from stages.runtime.kafka.reach import require_broker
 
 log = logging.getLogger(__name__)
 

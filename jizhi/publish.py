@@ -23,13 +23,13 @@ import numpy as np
 
 from jizhi.client import Client
 from jizhi.config import load_settings
-from jizhi.reach import require_broker
 from jizhi.synth import RequestEncoder, Workload, WorldSpec, publish_chunk
 from jizhi.tally import Tally
 from jizhi.world_args import add_world_args, world_spec
 from stages.errors import JizhiError
 from stages.events import DeadLetter, Response
 from stages.runtime.kafka import ensure_pipeline_topics
+from stages.runtime.kafka.reach import require_broker
 
 
 @dataclass(frozen=True, slots=True)

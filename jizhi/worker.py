@@ -29,12 +29,12 @@ from jizhi.config import (
     load_settings,
     pipeline_of,
 )
-from jizhi.reach import require_broker
 from jizhi.synth import World, WorldSpec, ensure_world
 from jizhi.world_args import add_world_args, world_spec
 from stages.errors import PipelineConfigError
 from stages.model import RankingModel
 from stages.runtime.kafka import Deployment, KafkaOptions, KafkaWorker
+from stages.runtime.kafka.reach import require_broker
 from storage import TieredStore
 
 log = logging.getLogger(__name__)

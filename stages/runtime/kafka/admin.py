@@ -2,7 +2,8 @@
 
 One place, so that every admin failure reads the same way (what was asked, of which cluster, of
 which topic or group) and carries the same answer to "will trying again help?", instead of each
-caller unpacking ``KafkaException.args[0]`` its own way or not at all.
+caller unpacking ``KafkaException.args[0]`` its own way or not at all. (The one other admin
+client is `stages.runtime.kafka.reach`'s first, silenced look at an address.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from stages.runtime.kafka import TransportError
+from stages.runtime.kafka.errors import TransportError
 
 __all__ = ["require_broker"]
 
